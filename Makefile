@@ -1,0 +1,37 @@
+# Event Bus: `make run` starts the server, `make test` runs the tests.
+# Both set up .venv first when it is missing or requirements.txt changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+ARGS ?=
+
+.PHONY: install run test lint bench bench-smoke clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	# The project root on the venv's path: `import eventbus` and twistd's
+	# plugin lookup (twisted/plugins/ under every path entry) find it.
+	echo "$(CURDIR)" > "$(SITE)/eventbus-project.pth"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/twistd -n eventbus $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: install
+	$(BIN)/ruff check eventbus tests bench twisted
+
+bench: install
+	$(BIN)/python -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis twisted/plugins/dropin.cache

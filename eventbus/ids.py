@@ -1,0 +1,34 @@
+"""Identifiers: time-ordered event ids and unguessable lease tokens.
+
+Event ids are UUIDv7 (RFC 9562): a valid UUID to every client, and since
+they grow with time, inserting them into a unique index appends at the end
+instead of splitting random pages as uuid4 does.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+
+def _format(n: int) -> str:
+    h = "%032x" % n
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def uuid7(now_us: int) -> str:
+    """A UUIDv7 string for the time ``now_us`` (epoch microseconds)."""
+    rand = int.from_bytes(os.urandom(10), "big")
+    n = (
+        ((now_us // 1000) & 0xFFFFFFFFFFFF) << 80
+        | 0x7 << 76
+        | (rand >> 68 & 0xFFF) << 64
+        | 0x2 << 62
+        | (rand & 0x3FFFFFFFFFFFFFFF)
+    )
+    return _format(n)
+
+
+def random_token() -> str:
+    """A random UUIDv4 string: for stream ids and lease tokens."""
+    return str(uuid.uuid4())

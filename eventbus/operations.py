@@ -1,0 +1,475 @@
+"""The table of operations: body fields, validation, the service call, and
+the response of each; decoding requests and encoding responses.
+
+Checks run in PROTOCOL.md's order: JSON, operation, auth, body, then the
+operation itself. A request becomes a :class:`Request` that the protocol
+runs when its turn comes; every failure becomes an error response here, so
+the protocol always gets one response line per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import orjson
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from eventbus import errors
+from eventbus.auth import Client
+from eventbus.clock import now_us, rfc3339
+from eventbus.errors import BusError
+from eventbus.interfaces import IAuthenticator, IDispatcher, IEvents, IStreams
+from eventbus.records import DEAD, RETRY, UNPROCESSED, Event, Page, Stream
+
+READ, WRITE = "read", "write"
+MAX_BATCH = 1000
+MAX_MARK_BATCH = 10_000
+MAX_LEASE_SECONDS = 43_200
+MAX_WAIT_SECONDS = 30
+MAX_KEY_LENGTH = 255
+
+log = Logger(namespace="eventbus.operations")
+
+
+# -- field parsers: value in, Python value out, or invalid_field -------------
+
+
+def _stream_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise errors.invalid_field("stream_name must be a string")
+    if not 1 <= len(value) <= 255 or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise errors.invalid_field("stream_name must be 1 to 255 characters with no control characters")
+    return value
+
+
+def _json_value(value: Any) -> str:
+    # Decoded from a JSON line, so it re-encodes; compact, keys in the order written.
+    return orjson.dumps(value).decode("utf-8")
+
+
+def _event_values(value: Any) -> list[str]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_BATCH:
+        raise errors.invalid_field(f"events must be a list of 1 to {MAX_BATCH} JSON values")
+    if any(v is None for v in value):
+        raise errors.invalid_field("events must not contain null")
+    return [_json_value(v) for v in value]
+
+
+def _event_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise errors.invalid_field("event_id must be a non-empty string")
+    return value
+
+
+def _event_ids(value: Any) -> list[str]:
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= MAX_MARK_BATCH
+        or not all(isinstance(v, str) and v for v in value)
+    ):
+        raise errors.invalid_field(f"event_ids must be a list of 1 to {MAX_MARK_BATCH} non-empty strings")
+    return value
+
+
+def _status(value: Any) -> int:
+    if type(value) is not int:
+        raise errors.invalid_field("status must be an integer")
+    if value not in (UNPROCESSED, 1, RETRY, DEAD):
+        raise errors.invalid_status()
+    return value
+
+
+def _int_range(name: str, low: int, high: int | None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if type(value) is not int or value < low or (high is not None and value > high):
+            top = f" to {high}" if high is not None else " or more"
+            raise errors.invalid_field(f"{name} must be an integer from {low}{top}")
+        return value
+
+    return parse
+
+
+def _wait_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_WAIT_SECONDS:
+        raise errors.invalid_field(f"wait_seconds must be a number from 0 to {MAX_WAIT_SECONDS}")
+    return float(value)
+
+
+def _string(name: str, max_length: int) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or not 1 <= len(value) <= max_length:
+            raise errors.invalid_field(f"{name} must be a string of 1 to {max_length} characters")
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    parse: Callable[[Any], Any]
+    required: bool = True
+    #: The type shown in a missing_fields context (the original's names).
+    wire_type: str = ""
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    handler: Callable[["Context", dict[str, Any]], Any]
+    fields: tuple[Field, ...] = ()
+    auth: bool = True
+    #: The lane orders effects on one connection (see protocol.py); None:
+    #: answered at once, touches no storage.
+    lane: str | None = READ
+    closes: bool = False
+
+    def context(self) -> list[dict[str, Any]]:
+        return [
+            {"name": f.name, "type": f.wire_type, "required": True} for f in self.fields if f.required
+        ]
+
+    def lane_for(self, args: dict[str, Any]) -> str | None:
+        # Leasing reads change the events they hand out.
+        if args.get("lease_seconds") is not None:
+            return WRITE
+        return self.lane
+
+
+@dataclass
+class Context:
+    """What a handler needs: the services, the caller, and the time."""
+
+    streams: IStreams
+    events: IEvents
+    client: Client | None
+    now: int
+    max_page: int
+    reactor: Any
+
+
+# -- encoding ------------------------------------------------------------------
+
+
+def stream_json(stream: Stream) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": stream.id, "name": stream.name, "created_at": rfc3339(stream.created_at)}
+    if stream.max_deliveries is not None:
+        out["max_deliveries"] = stream.max_deliveries
+    if stream.retention_seconds is not None:
+        out["retention_seconds"] = stream.retention_seconds
+    return out
+
+
+def event_json(event: Event, leased: bool = False) -> dict[str, Any]:
+    out = {
+        "id": event.id,
+        "stream_id": event.stream_id,
+        "status": event.status,
+        "created_at": rfc3339(event.created_at),
+        # Stored as compact JSON text: spliced in, never decoded again.
+        "body": orjson.Fragment(event.body),
+        "seq": event.seq,
+        "deliveries": event.deliveries,
+    }
+    if leased:
+        out["lease_id"] = event.lease_id
+        out["lease_expires_at"] = rfc3339(event.lease_expires)
+    return out
+
+
+def page_json(page: Page, leased: bool = False) -> dict[str, Any]:
+    return {"events": [event_json(e, leased) for e in page.events], "next_after_seq": page.next_after_seq}
+
+
+def ok_line(operation: str, body: Any = None) -> bytes:
+    response: dict[str, Any] = {"operation": operation, "status": True}
+    if body is not None:
+        response["body"] = body
+    return orjson.dumps(response) + b"\n"
+
+
+def error_line(operation: str, error: BusError) -> bytes:
+    response: dict[str, Any] = {
+        "operation": operation,
+        "status": False,
+        "reason": error.reason,
+        "code": error.code,
+    }
+    if error.context is not None:
+        response["context"] = error.context
+    return orjson.dumps(response) + b"\n"
+
+
+# -- handlers --------------------------------------------------------------------
+
+
+def _health(ctx: Context, args: dict[str, Any]) -> None:
+    return None
+
+
+def _create_stream(ctx: Context, args: dict[str, Any]) -> Deferred:
+    d = ctx.streams.create(
+        args["stream_name"], ctx.now, args.get("max_deliveries"), args.get("retention_seconds")
+    )
+    return d.addCallback(lambda s: {"stream": stream_json(s)})
+
+
+def _delete_stream(ctx: Context, args: dict[str, Any]) -> Deferred:
+    return ctx.streams.delete(args["stream_name"]).addCallback(lambda _: None)
+
+
+def _get_stream_info(ctx: Context, args: dict[str, Any]) -> Deferred:
+    d = ctx.streams.stats(args["stream_name"], ctx.now)
+    return d.addCallback(lambda r: {"stream": stream_json(r[0]), "stats": r[1]._asdict()})
+
+
+def _list_streams(ctx: Context, args: dict[str, Any]) -> Deferred:
+    client = ctx.client
+    return ctx.streams.list().addCallback(
+        lambda streams: {
+            "streams": [stream_json(s) for s in streams if client is None or client.may_see(s.name)]
+        }
+    )
+
+
+def _page_limit(ctx: Context, args: dict[str, Any]) -> int:
+    limit = args.get("limit")
+    return ctx.max_page if limit is None else min(limit, ctx.max_page)
+
+
+def _get_stream_events(ctx: Context, args: dict[str, Any]) -> Deferred:
+    d = ctx.events.read(args["stream_name"], None, args.get("after_seq"), _page_limit(ctx, args))
+    return d.addCallback(page_json)
+
+
+def _write_event(ctx: Context, args: dict[str, Any]) -> Deferred:
+    d = ctx.events.write(args["stream_name"], [args["event"]], ctx.now, args.get("key"))
+    return d.addCallback(_written_one)
+
+
+def _written_one(written: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"event": event_json(written.events[0])}
+    if written.duplicate:
+        body["duplicate"] = True
+    return body
+
+
+def _write_events(ctx: Context, args: dict[str, Any]) -> Deferred:
+    d = ctx.events.write(args["stream_name"], args["events"], ctx.now)
+    return d.addCallback(lambda w: {"events": [event_json(e) for e in w.events]})
+
+
+def _consume(status: int) -> Callable[[Context, dict[str, Any]], Deferred]:
+    def handler(ctx: Context, args: dict[str, Any]) -> Deferred:
+        wait = args.get("wait_seconds") or 0
+        if not wait:
+            return _fetch(ctx, args, status, ctx.now)
+        return ensureDeferred(_long_poll(ctx, args, status, wait))
+
+    return handler
+
+
+def _fetch(ctx: Context, args: dict[str, Any], status: int, now: int) -> Deferred:
+    name = args["stream_name"]
+    limit = _page_limit(ctx, args)
+    lease = args.get("lease_seconds")
+    if lease is None:
+        d = ctx.events.read(name, status, args.get("after_seq"), limit)
+    else:
+        d = ctx.events.lease(name, status, args.get("after_seq"), limit, lease, now)
+    return d.addCallback(page_json, lease is not None)
+
+
+async def _long_poll(ctx: Context, args: dict[str, Any], status: int, wait: float) -> dict[str, Any]:
+    name = args["stream_name"]
+    deadline = ctx.reactor.seconds() + wait
+    now = ctx.now
+    while True:
+        version = ctx.events.version(name)
+        result = await _fetch(ctx, args, status, now)
+        remaining = deadline - ctx.reactor.seconds()
+        if result["events"] or remaining <= 0:
+            return result
+        if not await ctx.events.wait(name, version, remaining):
+            return result
+        now = now_us(ctx.reactor)
+
+
+def _mark_event(ctx: Context, args: dict[str, Any]) -> Deferred:
+    d = ctx.events.mark_one(args["event_id"], args["status"], args.get("lease_id"), ctx.now)
+    return d.addCallback(lambda _: None)
+
+
+def _mark_events(ctx: Context, args: dict[str, Any]) -> Deferred:
+    d = ctx.events.mark(args["event_ids"], args["status"], args.get("lease_id"), ctx.now)
+    return d.addCallback(
+        lambda m: {"marked": m.marked, "not_found": m.not_found, "lease_lost": m.lease_lost}
+    )
+
+
+def _exit(ctx: Context, args: dict[str, Any]) -> None:
+    return None
+
+
+# -- the table -----------------------------------------------------------------
+
+_STREAM = Field("stream_name", _stream_name, wire_type="string")
+_PAGING = (
+    Field("limit", _int_range("limit", 1, 10_000), required=False),
+    Field("after_seq", _int_range("after_seq", 0, None), required=False),
+)
+_CONSUMING = (
+    _STREAM,
+    *_PAGING,
+    Field("lease_seconds", _int_range("lease_seconds", 1, MAX_LEASE_SECONDS), required=False),
+    Field("wait_seconds", _wait_seconds, required=False),
+)
+_LEASE_ID = Field("lease_id", _string("lease_id", 64), required=False)
+
+OPERATIONS: tuple[Operation, ...] = (
+    # The original ten, in the original's order (it is the order of the
+    # unknown_operation reason).
+    Operation("health", _health, auth=False, lane=None),
+    Operation(
+        "create_stream",
+        _create_stream,
+        (
+            _STREAM,
+            Field("max_deliveries", _int_range("max_deliveries", 1, 1_000_000), required=False),
+            Field("retention_seconds", _int_range("retention_seconds", 1, 100 * 365 * 86400), required=False),
+        ),
+        lane=WRITE,
+    ),
+    Operation("delete_stream", _delete_stream, (_STREAM,), lane=WRITE),
+    Operation("get_stream_info", _get_stream_info, (_STREAM,)),
+    Operation("get_stream_events", _get_stream_events, (_STREAM, *_PAGING)),
+    Operation(
+        "write_event",
+        _write_event,
+        (
+            _STREAM,
+            Field("event", _json_value, wire_type="[]byte"),
+            Field("key", _string("key", MAX_KEY_LENGTH), required=False),
+        ),
+        lane=WRITE,
+    ),
+    Operation("process_events", _consume(UNPROCESSED), _CONSUMING),
+    Operation("retry_events", _consume(RETRY), _CONSUMING),
+    Operation(
+        "mark_event",
+        _mark_event,
+        (Field("event_id", _event_id, wire_type="string"), Field("status", _status, wire_type="uint8"), _LEASE_ID),
+        lane=WRITE,
+    ),
+    Operation("exit", _exit, auth=False, lane=None, closes=True),
+    # Extensions (PROTOCOL.md section 7).
+    Operation(
+        "write_events",
+        _write_events,
+        (_STREAM, Field("events", _event_values, wire_type="[]json")),
+        lane=WRITE,
+    ),
+    Operation(
+        "mark_events",
+        _mark_events,
+        (Field("event_ids", _event_ids, wire_type="[]string"), Field("status", _status, wire_type="uint8"), _LEASE_ID),
+        lane=WRITE,
+    ),
+    Operation("list_streams", _list_streams),
+)
+
+BY_NAME = {op.name: op for op in OPERATIONS}
+
+
+@dataclass
+class Request:
+    """A validated request, ready to run when the protocol says so."""
+
+    operation: str
+    lane: str | None
+    closes: bool
+    run: Callable[[], "bytes | Deferred"]
+
+
+def _answered(operation: str, line: bytes, closes: bool = False) -> Request:
+    return Request(operation, None, closes, lambda: line)
+
+
+@implementer(IDispatcher)
+class Dispatcher:
+    """Turns request lines into :class:`Request` objects."""
+
+    def __init__(
+        self,
+        streams: IStreams,
+        events: IEvents,
+        authenticator: IAuthenticator,
+        reactor: Any,
+        max_page: int = 10_000,
+    ) -> None:
+        self.streams = streams
+        self.events = events
+        self.authenticator = authenticator
+        self.reactor = reactor
+        self.max_page = max_page
+        self._unknown = errors.unknown_operation([op.name for op in OPERATIONS])
+
+    def prepare(self, line: bytes) -> Request:
+        try:
+            request = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            request = None
+        if not isinstance(request, dict):
+            return _answered("decode_request", error_line("decode_request", errors.invalid_json()))
+        op = BY_NAME.get(request.get("operation"))  # type: ignore[arg-type]
+        if op is None:
+            return _answered("decode_request", error_line("decode_request", self._unknown))
+        try:
+            client = self.authenticator.authenticate(request.get("auth")) if op.auth else None
+            if client is not None and not client.may(op.name):
+                raise errors.forbidden(op.name)
+            args = self._parse_body(op, request.get("body"))
+            name = args.get("stream_name")
+            if client is not None and name is not None and not client.may_see(name):
+                raise errors.forbidden(op.name, name)
+        except BusError as e:
+            return _answered(op.name, error_line(op.name, e))
+        ctx = Context(self.streams, self.events, client, now_us(self.reactor), self.max_page, self.reactor)
+        return Request(op.name, op.lane_for(args), op.closes, lambda: self._run(op, ctx, args))
+
+    def _parse_body(self, op: Operation, body: Any) -> dict[str, Any]:
+        if not op.fields:
+            return {}
+        if not isinstance(body, dict) or any(body.get(f.name) is None for f in op.fields if f.required):
+            raise errors.missing_fields(op.context())
+        args = {}
+        for f in op.fields:
+            value = body.get(f.name)
+            if value is not None:
+                args[f.name] = f.parse(value)
+        return args
+
+    def _run(self, op: Operation, ctx: Context, args: dict[str, Any]) -> "bytes | Deferred":
+        try:
+            result = op.handler(ctx, args)
+        except BusError as e:
+            return error_line(op.name, e)
+        except Exception:
+            log.failure("operation {operation} failed", operation=op.name)
+            return error_line(op.name, errors.unavailable())
+        if not isinstance(result, Deferred):
+            return ok_line(op.name, result)
+        return result.addCallbacks(lambda body: ok_line(op.name, body), _failed, errbackArgs=(op.name,))
+
+
+def _failed(failure: Failure, operation: str) -> bytes:
+    if failure.check(BusError):
+        return error_line(operation, failure.value)
+    if failure.check(CancelledError):
+        return error_line(operation, errors.unavailable("request cancelled"))
+    log.failure("operation {operation} failed", failure, operation=operation)
+    return error_line(operation, errors.unavailable())

@@ -1,0 +1,98 @@
+"""The composition root: config in, a service tree out.
+
+Start order: database (migrations), housekeeping, connections, listener.
+Stop order is the reverse, one at a time: stop accepting, stop reading and
+answer what is in flight, stop housekeeping, then commit what is queued and
+close the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+
+from eventbus.auth import Authenticator
+from eventbus.bus import Events, Streams
+from eventbus.config import Config
+from eventbus.housekeeping import Housekeeping
+from eventbus.notify import ChangeNotifier
+from eventbus.operations import Dispatcher
+from eventbus.protocol import BusFactory, Limits
+from eventbus.storage.database import Database
+
+DRAIN_TIMEOUT_SECONDS = 30
+
+
+class EventBusService(MultiService):
+    """A MultiService that stops its children one by one, last first."""
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            yield service.stopService()
+
+
+class Connections(Service):
+    """Owns the open connections; on stop, drains them, then closes them."""
+
+    log = Logger()
+
+    def __init__(self, factory: BusFactory, events: Events, reactor: Any) -> None:
+        self.factory = factory
+        self.events = events
+        self.reactor = reactor
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        for conn in list(self.factory.connections):
+            conn.stop_reading()
+        self.events.stop_waiting()
+        drained = self.factory.drained()
+        timer = self.reactor.callLater(DRAIN_TIMEOUT_SECONDS, drained.cancel)
+        try:
+            yield drained
+        except Exception:
+            self.log.warn("shutdown: gave up waiting for {n} requests", n=self.factory.inflight)
+        if timer.active():
+            timer.cancel()
+        for conn in list(self.factory.connections):
+            conn.close()
+        self.log.info("shutdown: all requests answered")
+
+
+def build_service(config: Config, reactor: Any) -> EventBusService:
+    server = config.server
+    top = EventBusService()
+    db = Database(server.database, reactor, readers=server.readers)
+    notifier = ChangeNotifier(reactor)
+    streams = Streams(db, notifier)
+    events = Events(db, notifier)
+    dispatcher = Dispatcher(streams, events, Authenticator(config.clients), reactor, server.max_page)
+    limits = Limits(
+        max_line_bytes=server.max_line_bytes,
+        max_pending_requests=server.max_pending_requests,
+        idle_timeout_seconds=server.idle_timeout_seconds,
+        max_connections=server.max_connections,
+    )
+    factory = BusFactory(dispatcher, limits, reactor)
+    db.setServiceParent(top)
+    Housekeeping(
+        db, notifier, reactor, server.retention_seconds, server.housekeeping_interval_seconds
+    ).setServiceParent(top)
+    Connections(factory, events, reactor).setServiceParent(top)
+    listener = StreamServerEndpointService(endpoints.serverFromString(reactor, server.listen), factory)
+    listener._raiseSynchronously = True  # a port in use stops start-up loudly
+    listener.setServiceParent(top)
+    top.database = db  # type: ignore[attr-defined]
+    top.factory = factory  # type: ignore[attr-defined]
+    return top
+
+
+

@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy Core over SQLite or PostgreSQL, off the reactor thread."""

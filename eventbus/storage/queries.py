@@ -1,0 +1,386 @@
+"""The blocking transactions of the bus: each ``*_txn`` runs on a connection
+inside a transaction that its caller (the writer or a reader) opened.
+
+They take and return plain values (:mod:`eventbus.records`). Writes raise
+:class:`BusError` only before changing anything (see the writer's contract).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from eventbus import errors
+from eventbus.ids import random_token, uuid7
+from eventbus.records import (
+    DEAD,
+    PROCESSED,
+    RETRY,
+    UNPROCESSED,
+    Event,
+    Marked,
+    Page,
+    Stats,
+    Stream,
+    Written,
+)
+from eventbus.storage.model import events, streams
+
+_STREAM_COLS = (
+    streams.c.sid,
+    streams.c.id,
+    streams.c.name,
+    streams.c.created_at,
+    streams.c.max_deliveries,
+    streams.c.retention_seconds,
+)
+_EVENT_COLS = (
+    events.c.seq,
+    events.c.id,
+    events.c.status,
+    events.c.created_at,
+    events.c.body,
+    events.c.deliveries,
+    events.c.lease_id,
+    events.c.lease_expires,
+)
+_SELECT_STREAM = sa.select(*_STREAM_COLS).where(streams.c.name == sa.bindparam("name"))
+_INSERT_EVENTS = sa.insert(events).returning(events.c.seq, sort_by_parameter_order=True)
+_US = 1_000_000
+
+
+def _event(row: Sequence[Any], stream_id: str) -> Event:
+    seq, eid, status, created_at, body, deliveries, lease_id, lease_expires = row
+    return Event(seq, eid, stream_id, status, created_at, body, deliveries, lease_id, lease_expires)
+
+
+# -- streams -------------------------------------------------------------
+
+
+def find_stream_txn(conn: sa.Connection, name: str) -> Stream:
+    row = conn.execute(_SELECT_STREAM, {"name": name}).first()
+    if row is None:
+        raise errors.stream_not_found(name)
+    return Stream(*row)
+
+
+def list_streams_txn(conn: sa.Connection) -> list[Stream]:
+    rows = conn.execute(sa.select(*_STREAM_COLS).order_by(streams.c.name)).all()
+    return [Stream(*row) for row in rows]
+
+
+def create_stream_txn(
+    conn: sa.Connection,
+    name: str,
+    now: int,
+    max_deliveries: int | None = None,
+    retention_seconds: int | None = None,
+) -> Stream:
+    if conn.execute(_SELECT_STREAM, {"name": name}).first() is not None:
+        raise errors.stream_exists(name)
+    stream_id = random_token()
+    try:
+        # A savepoint: on PostgreSQL another node may win the race between
+        # our check and our insert, and its unique violation must not abort
+        # the other jobs of this group commit.
+        with conn.begin_nested():
+            sid = conn.execute(
+                sa.insert(streams).returning(streams.c.sid),
+                {
+                    "id": stream_id,
+                    "name": name,
+                    "created_at": now,
+                    "max_deliveries": max_deliveries,
+                    "retention_seconds": retention_seconds,
+                },
+            ).scalar_one()
+    except IntegrityError:
+        raise errors.stream_exists(name) from None
+    return Stream(sid, stream_id, name, now, max_deliveries, retention_seconds)
+
+
+def delete_stream_txn(conn: sa.Connection, name: str) -> None:
+    """Delete a stream; its events go with it (ON DELETE CASCADE)."""
+    result = conn.execute(sa.delete(streams).where(streams.c.name == name))
+    if result.rowcount == 0:
+        raise errors.stream_not_found(name)
+
+
+# -- writing ---------------------------------------------------------------
+
+
+def write_events_txn(
+    conn: sa.Connection, name: str, bodies: list[str], now: int, key: str | None = None
+) -> Written:
+    """Append ``bodies`` (compact JSON texts) to the stream ``name``."""
+    result = _write_events_batch(conn, [(name, bodies, now, key)])[0]
+    if isinstance(result, errors.BusError):
+        raise result
+    return result
+
+
+def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written | errors.BusError]:
+    """Many writers' appends in one statement: the group commit's fast path."""
+    names = {job[0] for job in jobs}
+    found = conn.execute(sa.select(*_STREAM_COLS).where(streams.c.name.in_(names))).all()
+    by_name = {row.name: Stream(*row) for row in found}
+    results: list[Any] = [None] * len(jobs)
+    params: list[dict[str, Any]] = []
+    spans: list[tuple[int, int, int]] = []  # (job index, first param, count)
+    first_with_key: dict[tuple[int, str], int] = {}
+    for i, (name, bodies, now, key) in enumerate(jobs):
+        stream = by_name.get(name)
+        if stream is None:
+            results[i] = errors.stream_not_found(name)
+            continue
+        if key is not None:
+            earlier = first_with_key.get((stream.sid, key))
+            if earlier is not None:
+                results[i] = earlier  # resolved once the first one is written
+                continue
+            existing = _live_keyed_event(conn, stream, key, now)
+            if existing is not None:
+                results[i] = Written([existing], True)
+                continue
+            first_with_key[(stream.sid, key)] = i
+        sid = stream.sid
+        spans.append((i, len(params), len(bodies)))
+        for body in bodies:
+            params.append(
+                {
+                    "id": uuid7(now),
+                    "stream_sid": sid,
+                    "status": UNPROCESSED,
+                    "created_at": now,
+                    "body": body,
+                    "deliveries": 0,
+                    "idem_key": key,
+                }
+            )
+    if params:
+        seqs = conn.execute(_INSERT_EVENTS, params).scalars().all()
+        for i, start, count in spans:
+            stream_id = by_name[jobs[i][0]].id
+            results[i] = Written(
+                [
+                    Event(seqs[k], p["id"], stream_id, UNPROCESSED, p["created_at"], p["body"], 0, None, None)
+                    for k, p in zip(range(start, start + count), params[start : start + count])
+                ],
+                False,
+            )
+    for i, result in enumerate(results):
+        if isinstance(result, int):
+            results[i] = Written(results[result].events, True)
+    return results
+
+
+write_events_txn.batched = _write_events_batch  # type: ignore[attr-defined]
+
+
+def _live_keyed_event(conn: sa.Connection, stream: Stream, key: str, now: int) -> Event | None:
+    """The event written earlier with ``key``, until retention purges it."""
+    row = conn.execute(
+        sa.select(*_EVENT_COLS).where(events.c.stream_sid == stream.sid, events.c.idem_key == key)
+    ).first()
+    if row is None:
+        return None
+    return _event(row, stream.id)
+
+
+# -- reading ---------------------------------------------------------------
+
+
+def read_page_txn(
+    conn: sa.Connection, name: str, status: int | None, after_seq: int | None, limit: int
+) -> Page:
+    """Up to ``limit`` events of a stream (of one status, if given), in order."""
+    stream = find_stream_txn(conn, name)
+    query = sa.select(*_EVENT_COLS).where(events.c.stream_sid == stream.sid)
+    if status is not None:
+        query = query.where(events.c.status == status)
+    if after_seq is not None:
+        query = query.where(events.c.seq > after_seq)
+    rows = conn.execute(query.order_by(events.c.seq).limit(limit + 1)).all()
+    return _page(stream, rows, limit)
+
+
+def _page(stream: Stream, rows: Sequence[Sequence[Any]], limit: int) -> Page:
+    more = len(rows) > limit
+    chosen = [_event(row, stream.id) for row in rows[:limit]]
+    return Page(stream, chosen, chosen[-1].seq if more else None)
+
+
+def stats_txn(conn: sa.Connection, name: str, now: int) -> tuple[Stream, Stats]:
+    stream = find_stream_txn(conn, name)
+    counts = dict(
+        conn.execute(
+            sa.select(events.c.status, sa.func.count())
+            .where(events.c.stream_sid == stream.sid)
+            .group_by(events.c.status)
+        ).all()
+    )
+    leased = conn.execute(
+        sa.select(sa.func.count()).where(
+            events.c.stream_sid == stream.sid,
+            events.c.lease_expires > now,
+            events.c.status.in_((UNPROCESSED, RETRY)),
+        )
+    ).scalar_one()
+    return stream, Stats(
+        unprocessed=counts.get(UNPROCESSED, 0),
+        processed=counts.get(PROCESSED, 0),
+        retry=counts.get(RETRY, 0),
+        dead=counts.get(DEAD, 0),
+        leased=leased,
+        total=sum(counts.values()),
+    )
+
+
+# -- leasing and marking -----------------------------------------------------
+
+
+def lease_page_txn(
+    conn: sa.Connection,
+    name: str,
+    status: int,
+    after_seq: int | None,
+    limit: int,
+    lease_seconds: int,
+    now: int,
+) -> Page:
+    """Hand up to ``limit`` unleased events of ``status`` to one caller."""
+    stream = find_stream_txn(conn, name)
+    query = sa.select(*_EVENT_COLS).where(
+        events.c.stream_sid == stream.sid,
+        events.c.status == status,
+        sa.or_(events.c.lease_expires.is_(None), events.c.lease_expires <= now),
+    )
+    if after_seq is not None:
+        query = query.where(events.c.seq > after_seq)
+    query = query.order_by(events.c.seq).limit(limit + 1)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = conn.execute(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if stream.max_deliveries is not None:
+        spent = [r for r in rows if r.deliveries >= stream.max_deliveries]
+        if spent:
+            _set_dead(conn, [r.seq for r in spent])
+            rows = [r for r in rows if r.deliveries < stream.max_deliveries]
+    expires = now + lease_seconds * _US
+    leased = []
+    updates = []
+    for row in rows:
+        token = random_token()
+        updates.append({"b_seq": row.seq, "b_lease": token})
+        leased.append(
+            Event(row.seq, row.id, stream.id, row.status, row.created_at, row.body,
+                  row.deliveries + 1, token, expires)
+        )
+    if updates:
+        conn.execute(
+            sa.update(events)
+            .where(events.c.seq == sa.bindparam("b_seq"))
+            .values(
+                lease_id=sa.bindparam("b_lease"),
+                lease_expires=expires,
+                deliveries=events.c.deliveries + 1,
+            ),
+            updates,
+        )
+    return Page(stream, leased, rows[-1].seq if more and rows else None)
+
+
+def _set_dead(conn: sa.Connection, seqs: list[int]) -> None:
+    conn.execute(
+        sa.update(events)
+        .where(events.c.seq.in_(seqs))
+        .values(status=DEAD, lease_id=None, lease_expires=None)
+    )
+
+
+def mark_events_txn(
+    conn: sa.Connection, ids: list[str], status: int, lease_id: str | None, now: int
+) -> Marked:
+    """Set ``status`` on events by id; with ``lease_id``, only under that lease."""
+    rows = conn.execute(
+        sa.select(events.c.id, events.c.lease_id, events.c.lease_expires, streams.c.name)
+        .join(streams, streams.c.sid == events.c.stream_sid)
+        .where(events.c.id.in_(ids))
+    ).all()
+    found = {row.id: row for row in rows}
+    not_found = [i for i in dict.fromkeys(ids) if i not in found]
+    lost: list[str] = []
+    if lease_id is not None:
+        lost = [
+            row.id
+            for row in rows
+            if row.lease_id != lease_id or row.lease_expires is None or row.lease_expires <= now
+        ]
+    lost_set = set(lost)
+    chosen = [i for i in found if i not in lost_set]
+    if chosen:
+        values: dict[str, Any] = {"status": status, "lease_id": None, "lease_expires": None}
+        if status in (UNPROCESSED, RETRY):
+            # Redrive: a dead event brought back starts its deliveries again.
+            values["deliveries"] = sa.case((events.c.status == DEAD, 0), else_=events.c.deliveries)
+        conn.execute(sa.update(events).where(events.c.id.in_(chosen)).values(**values))
+    names = sorted({found[i].name for i in chosen})
+    return Marked(len(chosen), not_found, lost, names)
+
+
+def mark_event_txn(conn: sa.Connection, event_id: str, status: int, lease_id: str | None, now: int) -> Marked:
+    """Mark one event: ``event_not_found`` and ``lease_lost`` are errors here."""
+    marked = mark_events_txn(conn, [event_id], status, lease_id, now)
+    if marked.not_found:
+        raise errors.event_not_found(event_id)
+    if marked.lease_lost:
+        raise errors.lease_lost(event_id)
+    return marked
+
+
+# -- housekeeping --------------------------------------------------------------
+
+
+class Swept(NamedTuple):
+    count: int
+    streams: list[str]  # names of streams with events offered again
+
+
+def sweep_leases_txn(conn: sa.Connection, now: int, batch: int) -> Swept:
+    """End up to ``batch`` expired leases; dead-letter the events they used up."""
+    rows = conn.execute(
+        sa.select(events.c.seq, events.c.deliveries, streams.c.max_deliveries, streams.c.name)
+        .join(streams, streams.c.sid == events.c.stream_sid)
+        .where(events.c.lease_expires <= now)
+        .limit(batch)
+    ).all()
+    dead = [r.seq for r in rows if r.max_deliveries is not None and r.deliveries >= r.max_deliveries]
+    dead_set = set(dead)
+    live = [r for r in rows if r.seq not in dead_set]
+    if dead:
+        _set_dead(conn, dead)
+    if live:
+        conn.execute(
+            sa.update(events)
+            .where(events.c.seq.in_([r.seq for r in live]))
+            .values(lease_id=None, lease_expires=None)
+        )
+    return Swept(len(rows), sorted({r.name for r in live}))
+
+
+def purge_expired_txn(conn: sa.Connection, now: int, default_retention_s: int, batch: int) -> int:
+    """Delete up to ``batch`` events older than their stream's retention."""
+    retention = sa.func.coalesce(streams.c.retention_seconds, default_retention_s) * _US
+    doomed = (
+        sa.select(events.c.seq)
+        .join(streams, streams.c.sid == events.c.stream_sid)
+        .where(events.c.created_at < now - retention)
+        .order_by(events.c.created_at)
+        .limit(batch)
+        .scalar_subquery()
+    )
+    return conn.execute(sa.delete(events).where(events.c.seq.in_(doomed))).rowcount

@@ -1,0 +1,168 @@
+"""Group commit: one thread runs every write, many jobs per transaction.
+
+The reactor thread submits jobs; the writer thread takes all that are
+pending, runs them in one transaction, commits, and only then hands all
+results back to the reactor in one hop. A job is ``fn(conn, *args)``. A job
+may raise :class:`BusError` only before it has changed anything, so one
+job's refusal never disturbs the others in its batch. Consecutive jobs of a
+function that has a ``batched`` attribute are run together through it (one
+multi-row insert for many writers). If the batch fails in any other way the
+transaction is rolled back and each job is run again alone, so a fault is
+charged to the job that caused it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from eventbus.errors import BusError
+
+
+class _Job:
+    __slots__ = ("fn", "args", "deferred")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple) -> None:
+        self.fn = fn
+        self.args = args
+        self.deferred: Deferred = Deferred()
+
+
+class GroupCommitWriter:
+    """The single writer thread and its queue of jobs."""
+
+    log = Logger()
+
+    def __init__(self, engine: sa.Engine, reactor: Any, max_batch: int = 2000) -> None:
+        self._engine = engine
+        self._reactor = reactor
+        self._max_batch = max_batch
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._stopped: Deferred = Deferred()
+        #: Sizes of recent batches, for benchmarks and metrics.
+        self.batches = 0
+        self.jobs = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="eventbus-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+        """Queue ``fn(conn, *args)``; the Deferred fires after its commit."""
+        job = _Job(fn, args)
+        with self._cond:
+            if self._stopping:
+                raise BusError("unavailable", "the server is shutting down")
+            self._queue.append(job)
+            if len(self._queue) == 1:
+                self._cond.notify()
+        return job.deferred
+
+    def stop(self) -> Deferred:
+        """Run what is queued, then end the thread; fires when it has."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is None:
+            self._stopped.callback(None)
+        return self._stopped
+
+    # -- writer thread -------------------------------------------------
+
+    def _run(self) -> None:
+        conn = None
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._stopping:
+                        self._cond.wait()
+                    if not self._queue:
+                        break
+                    n = min(len(self._queue), self._max_batch)
+                    jobs = [self._queue.popleft() for _ in range(n)]
+                if conn is None:
+                    conn = self._connect()
+                if conn is None:
+                    results: list[Any] = [_unavailable()] * len(jobs)
+                else:
+                    results = self._run_batch(conn, jobs)
+                    if conn.invalidated or conn.closed:
+                        conn = None
+                self.batches += 1
+                self.jobs += len(jobs)
+                self._reactor.callFromThread(_deliver, jobs, results)
+        finally:
+            if conn is not None:
+                conn.close()
+            self._reactor.callFromThread(self._stopped.callback, None)
+
+    def _connect(self) -> sa.Connection | None:
+        try:
+            return self._engine.connect()
+        except Exception:
+            self.log.failure("writer cannot connect to the database")
+            return None
+
+    def _run_batch(self, conn: sa.Connection, jobs: list[_Job]) -> list[Any]:
+        try:
+            with conn.begin():
+                return _run_jobs(conn, jobs)
+        except Exception:
+            if len(jobs) == 1:
+                return [self._fault()]
+        # Something failed that no single job owned up to: run each alone.
+        results = []
+        for job in jobs:
+            try:
+                with conn.begin():
+                    results.extend(_run_jobs(conn, [job]))
+            except Exception:
+                results.append(self._fault())
+        return results
+
+    def _fault(self) -> Failure:
+        self.log.failure("write transaction failed")
+        return Failure(_unavailable())
+
+
+def _unavailable() -> BusError:
+    return BusError("unavailable", "storage is failing; nothing was changed, retry")
+
+
+def _run_jobs(conn: sa.Connection, jobs: list[_Job]) -> list[Any]:
+    """Run jobs in order inside the caller's transaction; refusals are values."""
+    results: list[Any] = []
+    i = 0
+    while i < len(jobs):
+        fn = jobs[i].fn
+        batched = getattr(fn, "batched", None)
+        if batched is not None:
+            j = i + 1
+            while j < len(jobs) and jobs[j].fn is fn:
+                j += 1
+            results.extend(batched(conn, [job.args for job in jobs[i:j]]))
+            i = j
+            continue
+        try:
+            results.append(fn(conn, *jobs[i].args))
+        except BusError as e:
+            results.append(e)
+        i += 1
+    return results
+
+
+def _deliver(jobs: list[_Job], results: list[Any]) -> None:
+    for job, result in zip(jobs, results):
+        if isinstance(result, (BusError, Failure)):
+            job.deferred.errback(result)
+        else:
+            job.deferred.callback(result)

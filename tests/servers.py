@@ -1,0 +1,101 @@
+"""Real servers for tests: ``twistd -n eventbus`` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).parent / "twistd")
+_PORT = re.compile(rb"BusFactory starting on (\d+)")
+
+TEST_CLIENTS = {
+    "go-client": {"client_id": "dope_go_client_id", "client_secret": "dope_go_client_secret"},
+    "expenses-rest-api-client": {
+        "client_id": "dope_expenses_rest_api_client_id",
+        "client_secret": "dope_expenses_rest_api_client_secret",
+    },
+}
+
+
+class ServerProcess:
+    """One server process on a free port, its log and database in ``workdir``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        database: str | None = None,
+        server: dict[str, Any] | None = None,
+        auth: dict[str, Any] | None = None,
+        listen: str = "tcp:0:interface=127.0.0.1",
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.database = database or f"sqlite:///{self.workdir / 'eventbus.db'}"
+        self.config_path = self.workdir / "config.yaml"
+        self.config_path.write_text(
+            yaml.safe_dump({"auth": auth if auth is not None else TEST_CLIENTS, "server": server or {}})
+        )
+        self.listen = listen
+        self.log_path = self.workdir / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    def start(self, timeout: float = 30.0) -> "ServerProcess":
+        log = open(self.log_path, "ab")
+        offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            [
+                TWISTD, "-n", "--pidfile=", "--logfile=-", "eventbus",
+                "--config", str(self.config_path),
+                "--listen", self.listen,
+                "--database", self.database,
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()[offset:]
+            m = _PORT.search(text)
+            if m:
+                self.port = int(m.group(1))
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{text.decode(errors='replace')}")
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the graceful stop."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.terminate()
+            except subprocess.TimeoutExpired:
+                self.kill()
