@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 ARGS ?=
 
 .PHONY: install run test lint bench bench-smoke clean
@@ -18,7 +17,7 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	# The project root on the venv's path: `import eventbus` and twistd's
 	# plugin lookup (twisted/plugins/ under every path entry) find it.
-	echo "$(CURDIR)" > "$(SITE)/eventbus-project.pth"
+	echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/eventbus-project.pth"
 	touch $(STAMP)
 
 run: install
