@@ -66,3 +66,18 @@ events = sa.Table(
         postgresql_where=sa.text("lease_expires IS NOT NULL"),
     ),
 )
+
+# Counts of each stream's events by status, kept in the same transactions
+# that change them, so stats never count rows (cheap on millions of events).
+stream_counts = sa.Table(
+    "stream_counts",
+    metadata,
+    sa.Column(
+        "stream_sid",
+        BigId,
+        sa.ForeignKey("streams.sid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("status", sa.SmallInteger, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False, server_default="0"),
+)

@@ -26,7 +26,7 @@ from eventbus.records import (
     Stream,
     Written,
 )
-from eventbus.storage.model import events, streams
+from eventbus.storage.model import events, stream_counts, streams
 
 _STREAM_COLS = (
     streams.c.sid,
@@ -49,6 +49,36 @@ _EVENT_COLS = (
 _SELECT_STREAM = sa.select(*_STREAM_COLS).where(streams.c.name == sa.bindparam("name"))
 _INSERT_EVENTS = sa.insert(events).returning(events.c.seq, sort_by_parameter_order=True)
 _US = 1_000_000
+_STATUSES = (UNPROCESSED, PROCESSED, RETRY, DEAD)
+_ADD_COUNT = (
+    sa.update(stream_counts)
+    .where(
+        stream_counts.c.stream_sid == sa.bindparam("b_sid"),
+        stream_counts.c.status == sa.bindparam("b_status"),
+    )
+    .values(n=stream_counts.c.n + sa.bindparam("b_delta"))
+)
+
+
+def _count(conn: sa.Connection, deltas: dict[tuple[int, int], int]) -> None:
+    """Apply changes to the per-stream status counts: {(sid, status): delta}."""
+    params = [
+        {"b_sid": sid, "b_status": status, "b_delta": delta}
+        for (sid, status), delta in deltas.items()
+        if delta
+    ]
+    if params:
+        conn.execute(_ADD_COUNT, params)
+
+
+def _moves(rows: Sequence[Any], to_status: int) -> dict[tuple[int, int], int]:
+    """Count deltas for rows (with .stream_sid and .status) moving to ``to_status``."""
+    deltas: dict[tuple[int, int], int] = {}
+    for row in rows:
+        if row.status != to_status:
+            deltas[(row.stream_sid, row.status)] = deltas.get((row.stream_sid, row.status), 0) - 1
+            deltas[(row.stream_sid, to_status)] = deltas.get((row.stream_sid, to_status), 0) + 1
+    return deltas
 
 
 def _event(row: Sequence[Any], stream_id: str) -> Event:
@@ -96,6 +126,10 @@ def create_stream_txn(
                     "retention_seconds": retention_seconds,
                 },
             ).scalar_one()
+            conn.execute(
+                sa.insert(stream_counts),
+                [{"stream_sid": sid, "status": status, "n": 0} for status in _STATUSES],
+            )
     except IntegrityError:
         raise errors.stream_exists(name) from None
     return Stream(sid, stream_id, name, now, max_deliveries, retention_seconds)
@@ -161,6 +195,11 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
             )
     if params:
         seqs = conn.execute(_INSERT_EVENTS, params).scalars().all()
+        added: dict[tuple[int, int], int] = {}
+        for i, start, count in spans:
+            key_ = (by_name[jobs[i][0]].sid, UNPROCESSED)
+            added[key_] = added.get(key_, 0) + count
+        _count(conn, added)
         for i, start, count in spans:
             stream_id = by_name[jobs[i][0]].id
             results[i] = Written(
@@ -213,19 +252,17 @@ def _page(stream: Stream, rows: Sequence[Sequence[Any]], limit: int) -> Page:
 
 
 def stats_txn(conn: sa.Connection, name: str, now: int) -> tuple[Stream, Stats]:
+    """Counts by status from the kept counters; leases from their own index."""
     stream = find_stream_txn(conn, name)
     counts = dict(
         conn.execute(
-            sa.select(events.c.status, sa.func.count())
-            .where(events.c.stream_sid == stream.sid)
-            .group_by(events.c.status)
+            sa.select(stream_counts.c.status, stream_counts.c.n).where(stream_counts.c.stream_sid == stream.sid)
         ).all()
     )
     leased = conn.execute(
         sa.select(sa.func.count()).where(
-            events.c.stream_sid == stream.sid,
             events.c.lease_expires > now,
-            events.c.status.in_((UNPROCESSED, RETRY)),
+            events.c.stream_sid == stream.sid,
         )
     ).scalar_one()
     return stream, Stats(
@@ -252,7 +289,7 @@ def lease_page_txn(
 ) -> Page:
     """Hand up to ``limit`` unleased events of ``status`` to one caller."""
     stream = find_stream_txn(conn, name)
-    query = sa.select(*_EVENT_COLS).where(
+    query = sa.select(*_EVENT_COLS, events.c.stream_sid).where(
         events.c.stream_sid == stream.sid,
         events.c.status == status,
         sa.or_(events.c.lease_expires.is_(None), events.c.lease_expires <= now),
@@ -268,7 +305,7 @@ def lease_page_txn(
     if stream.max_deliveries is not None:
         spent = [r for r in rows if r.deliveries >= stream.max_deliveries]
         if spent:
-            _set_dead(conn, [r.seq for r in spent])
+            _dead_letter(conn, spent)
             rows = [r for r in rows if r.deliveries < stream.max_deliveries]
     expires = now + lease_seconds * _US
     leased = []
@@ -294,12 +331,14 @@ def lease_page_txn(
     return Page(stream, leased, rows[-1].seq if more and rows else None)
 
 
-def _set_dead(conn: sa.Connection, seqs: list[int]) -> None:
+def _dead_letter(conn: sa.Connection, rows: Sequence[Any]) -> None:
+    """Give ``rows`` (with seq, stream_sid, status) the dead status."""
     conn.execute(
         sa.update(events)
-        .where(events.c.seq.in_(seqs))
+        .where(events.c.seq.in_([r.seq for r in rows]))
         .values(status=DEAD, lease_id=None, lease_expires=None)
     )
+    _count(conn, _moves(rows, DEAD))
 
 
 def mark_events_txn(
@@ -307,7 +346,14 @@ def mark_events_txn(
 ) -> Marked:
     """Set ``status`` on events by id; with ``lease_id``, only under that lease."""
     rows = conn.execute(
-        sa.select(events.c.id, events.c.lease_id, events.c.lease_expires, streams.c.name)
+        sa.select(
+            events.c.id,
+            events.c.stream_sid,
+            events.c.status,
+            events.c.lease_id,
+            events.c.lease_expires,
+            streams.c.name,
+        )
         .join(streams, streams.c.sid == events.c.stream_sid)
         .where(events.c.id.in_(ids))
     ).all()
@@ -321,14 +367,15 @@ def mark_events_txn(
             if row.lease_id != lease_id or row.lease_expires is None or row.lease_expires <= now
         ]
     lost_set = set(lost)
-    chosen = [i for i in found if i not in lost_set]
+    chosen = [row for row in rows if row.id not in lost_set]
     if chosen:
         values: dict[str, Any] = {"status": status, "lease_id": None, "lease_expires": None}
         if status in (UNPROCESSED, RETRY):
             # Redrive: a dead event brought back starts its deliveries again.
             values["deliveries"] = sa.case((events.c.status == DEAD, 0), else_=events.c.deliveries)
-        conn.execute(sa.update(events).where(events.c.id.in_(chosen)).values(**values))
-    names = sorted({found[i].name for i in chosen})
+        conn.execute(sa.update(events).where(events.c.id.in_([r.id for r in chosen])).values(**values))
+        _count(conn, _moves(chosen, status))
+    names = sorted({row.name for row in chosen})
     return Marked(len(chosen), not_found, lost, names)
 
 
@@ -353,16 +400,22 @@ class Swept(NamedTuple):
 def sweep_leases_txn(conn: sa.Connection, now: int, batch: int) -> Swept:
     """End up to ``batch`` expired leases; dead-letter the events they used up."""
     rows = conn.execute(
-        sa.select(events.c.seq, events.c.deliveries, streams.c.max_deliveries, streams.c.name)
+        sa.select(
+            events.c.seq,
+            events.c.stream_sid,
+            events.c.status,
+            events.c.deliveries,
+            streams.c.max_deliveries,
+            streams.c.name,
+        )
         .join(streams, streams.c.sid == events.c.stream_sid)
         .where(events.c.lease_expires <= now)
         .limit(batch)
     ).all()
-    dead = [r.seq for r in rows if r.max_deliveries is not None and r.deliveries >= r.max_deliveries]
-    dead_set = set(dead)
-    live = [r for r in rows if r.seq not in dead_set]
+    dead = [r for r in rows if r.max_deliveries is not None and r.deliveries >= r.max_deliveries]
+    live = [r for r in rows if r.max_deliveries is None or r.deliveries < r.max_deliveries]
     if dead:
-        _set_dead(conn, dead)
+        _dead_letter(conn, dead)
     if live:
         conn.execute(
             sa.update(events)
@@ -375,12 +428,18 @@ def sweep_leases_txn(conn: sa.Connection, now: int, batch: int) -> Swept:
 def purge_expired_txn(conn: sa.Connection, now: int, default_retention_s: int, batch: int) -> int:
     """Delete up to ``batch`` events older than their stream's retention."""
     retention = sa.func.coalesce(streams.c.retention_seconds, default_retention_s) * _US
-    doomed = (
-        sa.select(events.c.seq)
+    doomed = conn.execute(
+        sa.select(events.c.seq, events.c.stream_sid, events.c.status)
         .join(streams, streams.c.sid == events.c.stream_sid)
         .where(events.c.created_at < now - retention)
         .order_by(events.c.created_at)
         .limit(batch)
-        .scalar_subquery()
-    )
-    return conn.execute(sa.delete(events).where(events.c.seq.in_(doomed))).rowcount
+    ).all()
+    if not doomed:
+        return 0
+    conn.execute(sa.delete(events).where(events.c.seq.in_([r.seq for r in doomed])))
+    deltas: dict[tuple[int, int], int] = {}
+    for row in doomed:
+        deltas[(row.stream_sid, row.status)] = deltas.get((row.stream_sid, row.status), 0) - 1
+    _count(conn, deltas)
+    return len(doomed)
