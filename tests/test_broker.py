@@ -25,7 +25,9 @@ def _write_n(client: LineClient, stream: str, n: int, batch: int = 1000) -> list
 
 def test_write_events_writes_all_in_order(client: LineClient, stream_name: str) -> None:
     client.call("create_stream", {"stream_name": stream_name})
-    events = client.call("write_events", {"stream_name": stream_name, "events": [1, "two", {"three": 3}]})["events"]
+    events = client.call("write_events", {"stream_name": stream_name, "events": [1, "two", {"three": 3}]})[
+        "events"
+    ]
     assert [e["body"] for e in events] == [1, "two", {"three": 3}]
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
     stored = client.call("get_stream_events", {"stream_name": stream_name})["events"]
@@ -109,13 +111,13 @@ def _lease_all(port: int, stream: str, out: list[str], errors: list[str]) -> Non
     try:
         with LineClient(port) as c:
             while True:
-                events = c.call("process_events", {"stream_name": stream, "limit": 7, "lease_seconds": 60})["events"]
+                events = c.call("process_events", {"stream_name": stream, "limit": 7, "lease_seconds": 60})[
+                    "events"
+                ]
                 if not events:
                     return
                 out += [e["id"] for e in events]
-                marked = c.call(
-                    "mark_events", {"event_ids": [e["id"] for e in events], "status": 1}
-                )
+                marked = c.call("mark_events", {"event_ids": [e["id"] for e in events], "status": 1})
                 assert marked["marked"] == len(events)
     except Exception as e:  # reported by the test thread
         errors.append(repr(e))
@@ -189,7 +191,9 @@ def test_stale_lease_mark_is_refused(client: LineClient, stream_name: str) -> No
     time.sleep(1.2)
     second = client.call("process_events", {"stream_name": stream_name, "lease_seconds": 30})["events"][0]
     assert second["id"] == first["id"] and second["lease_id"] != first["lease_id"]
-    stale = client.request("mark_event", {"event_id": first["id"], "status": 1, "lease_id": first["lease_id"]})
+    stale = client.request(
+        "mark_event", {"event_id": first["id"], "status": 1, "lease_id": first["lease_id"]}
+    )
     assert stale["status"] is False and stale["code"] == "lease_lost"
     assert client.call("get_stream_events", {"stream_name": stream_name})["events"][0]["status"] == 0
     batch = client.call(
@@ -198,7 +202,9 @@ def test_stale_lease_mark_is_refused(client: LineClient, stream_name: str) -> No
     assert batch == {"marked": 0, "not_found": [], "lease_lost": [first["id"]]}
     client.call("mark_event", {"event_id": second["id"], "status": 1, "lease_id": second["lease_id"]})
     # Marking ended the lease: the same lease cannot mark again.
-    again = client.request("mark_event", {"event_id": second["id"], "status": 2, "lease_id": second["lease_id"]})
+    again = client.request(
+        "mark_event", {"event_id": second["id"], "status": 2, "lease_id": second["lease_id"]}
+    )
     assert again["code"] == "lease_lost"
     assert client.call("get_stream_events", {"stream_name": stream_name})["events"][0]["status"] == 1
 
@@ -206,11 +212,18 @@ def test_stale_lease_mark_is_refused(client: LineClient, stream_name: str) -> No
 # -- 7.4 long polling ---------------------------------------------------------------------
 
 
-def test_long_poll_is_woken_by_a_write_elsewhere(server: ServerProcess, client: LineClient, stream_name: str) -> None:
+def test_long_poll_is_woken_by_a_write_elsewhere(
+    server: ServerProcess, client: LineClient, stream_name: str
+) -> None:
     client.call("create_stream", {"stream_name": stream_name})
     with LineClient(server.port, timeout=30) as waiter:
-        waiter.send({"operation": "process_events", "auth": DEFAULT_AUTH, "body": {
-            "stream_name": stream_name, "wait_seconds": 20, "lease_seconds": 30}})
+        waiter.send(
+            {
+                "operation": "process_events",
+                "auth": DEFAULT_AUTH,
+                "body": {"stream_name": stream_name, "wait_seconds": 20, "lease_seconds": 30},
+            }
+        )
         time.sleep(0.3)
         # Other connections are not held up by the waiting one.
         assert client.request("health", auth=None)["status"] is True
@@ -233,17 +246,31 @@ def test_long_poll_times_out_with_empty_list(client: LineClient, stream_name: st
 
 def test_requests_pipelined_behind_a_long_poll_wait(client: LineClient, stream_name: str) -> None:
     client.call("create_stream", {"stream_name": stream_name})
-    client.send({"operation": "process_events", "auth": DEFAULT_AUTH, "body": {"stream_name": stream_name, "wait_seconds": 0.5}})
+    client.send(
+        {
+            "operation": "process_events",
+            "auth": DEFAULT_AUTH,
+            "body": {"stream_name": stream_name, "wait_seconds": 0.5},
+        }
+    )
     client.send({"operation": "health"})
     assert client.read()["operation"] == "process_events"
     assert client.read()["operation"] == "health"
 
 
-def test_long_poll_for_retry_is_woken_by_a_mark(server: ServerProcess, client: LineClient, stream_name: str) -> None:
+def test_long_poll_for_retry_is_woken_by_a_mark(
+    server: ServerProcess, client: LineClient, stream_name: str
+) -> None:
     client.call("create_stream", {"stream_name": stream_name})
     event = client.call("write_event", {"stream_name": stream_name, "event": 1})["event"]
     with LineClient(server.port, timeout=30) as waiter:
-        waiter.send({"operation": "retry_events", "auth": DEFAULT_AUTH, "body": {"stream_name": stream_name, "wait_seconds": 20}})
+        waiter.send(
+            {
+                "operation": "retry_events",
+                "auth": DEFAULT_AUTH,
+                "body": {"stream_name": stream_name, "wait_seconds": 20},
+            }
+        )
         time.sleep(0.3)
         started = time.monotonic()
         client.call("mark_event", {"event_id": event["id"], "status": 2})
@@ -302,8 +329,13 @@ def test_idempotent_write_returns_first_event(client: LineClient, stream_name: s
 def test_idempotent_keys_pipelined_in_one_commit(client: LineClient, stream_name: str) -> None:
     client.call("create_stream", {"stream_name": stream_name})
     for i in range(20):
-        client.send({"operation": "write_event", "auth": DEFAULT_AUTH,
-                     "body": {"stream_name": stream_name, "event": i, "key": "same"}})
+        client.send(
+            {
+                "operation": "write_event",
+                "auth": DEFAULT_AUTH,
+                "body": {"stream_name": stream_name, "event": i, "key": "same"},
+            }
+        )
     responses = [client.read() for _ in range(20)]
     ids = {r["body"]["event"]["id"] for r in responses}
     assert len(ids) == 1
@@ -323,7 +355,14 @@ def test_stats_count_every_state(client: LineClient, stream_name: str) -> None:
     client.call("process_events", {"stream_name": stream_name, "limit": 2, "lease_seconds": 60})
     info = client.call("get_stream_info", {"stream_name": stream_name})
     assert info["stream"]["name"] == stream_name
-    assert info["stats"] == {"unprocessed": 4, "processed": 3, "retry": 2, "dead": 1, "leased": 2, "total": 10}
+    assert info["stats"] == {
+        "unprocessed": 4,
+        "processed": 3,
+        "retry": 2,
+        "dead": 1,
+        "leased": 2,
+        "total": 10,
+    }
 
 
 def test_stream_retention_purges_old_events(client: LineClient, stream_name: str) -> None:
