@@ -31,6 +31,7 @@ MAX_MARK_BATCH = 10_000
 MAX_LEASE_SECONDS = 43_200
 MAX_WAIT_SECONDS = 30
 MAX_KEY_LENGTH = 255
+MAX_SEQ = 2**63 - 1
 
 log = Logger(namespace="eventbus.operations")
 
@@ -320,7 +321,8 @@ def _exit(ctx: Context, args: dict[str, Any]) -> None:
 _STREAM = Field("stream_name", _stream_name, wire_type="string")
 _PAGING = (
     Field("limit", _int_range("limit", 1, 10_000), required=False),
-    Field("after_seq", _int_range("after_seq", 0, None), required=False),
+    # Bounded by the storage's integer range: beyond it is the client's error.
+    Field("after_seq", _int_range("after_seq", 0, MAX_SEQ), required=False),
 )
 _CONSUMING = (
     _STREAM,
@@ -425,7 +427,9 @@ class Dispatcher:
             request = None
         if not isinstance(request, dict):
             return _answered("decode_request", error_line("decode_request", errors.invalid_json()))
-        op = BY_NAME.get(request.get("operation"))  # type: ignore[arg-type]
+        op_name = request.get("operation")
+        # Any JSON value may arrive here; only a string can name an operation.
+        op = BY_NAME.get(op_name) if isinstance(op_name, str) else None
         if op is None:
             return _answered("decode_request", error_line("decode_request", self._unknown))
         try:
