@@ -62,9 +62,11 @@ _ADD_COUNT = (
 
 def _count(conn: sa.Connection, deltas: dict[tuple[int, int], int]) -> None:
     """Apply changes to the per-stream status counts: {(sid, status): delta}."""
+    # Sorted: concurrent transactions (other nodes on PostgreSQL) then lock
+    # counter rows in one order and cannot deadlock on them.
     params = [
         {"b_sid": sid, "b_status": status, "b_delta": delta}
-        for (sid, status), delta in deltas.items()
+        for (sid, status), delta in sorted(deltas.items())
         if delta
     ]
     if params:
