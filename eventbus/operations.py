@@ -9,6 +9,8 @@ the protocol always gets one response line per request.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -49,7 +51,11 @@ def _stream_name(value: Any) -> str:
 
 def _json_value(value: Any) -> str:
     # Decoded from a JSON line, so it re-encodes; compact, keys in the order written.
-    return orjson.dumps(value).decode("utf-8")
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except orjson.JSONEncodeError:
+        # orjson decodes 1,024 levels of nesting but encodes only 254.
+        raise errors.invalid_field("an event may be nested at most 254 levels deep") from None
 
 
 def _event_values(value: Any) -> list[str]:
@@ -395,10 +401,34 @@ class Request:
     lane: str | None
     closes: bool
     run: Callable[[], "bytes | Deferred"]
+    #: The error code when the request was refused before running (the
+    #: protocol slows down repeated ``unauthorized`` answers).
+    code: str | None = None
 
 
-def _answered(operation: str, line: bytes, closes: bool = False) -> Request:
-    return Request(operation, None, closes, lambda: line)
+def _answered(operation: str, line: bytes, closes: bool = False, code: str | None = None) -> Request:
+    return Request(operation, None, closes, lambda: line, code)
+
+
+# orjson reads an integer beyond 64 bits as a float, silently changing it;
+# such a request is refused instead (``invalid_json``). The cheap test runs on
+# every line; the exact one only when 19 digits stand in a row.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise ValueError("integer beyond 64 bits")
+    return value
+
+
+def _has_huge_integer(line: bytes) -> bool:
+    try:
+        json.loads(line, parse_int=_exact_int)
+    except ValueError:
+        return True
+    return False
 
 
 @implementer(IDispatcher)
@@ -425,6 +455,8 @@ class Dispatcher:
             request = orjson.loads(line)
         except orjson.JSONDecodeError:
             request = None
+        if _LONG_DIGITS.search(line) and _has_huge_integer(line):
+            request = None
         if not isinstance(request, dict):
             return _answered("decode_request", error_line("decode_request", errors.invalid_json()))
         op_name = request.get("operation")
@@ -441,7 +473,7 @@ class Dispatcher:
             if client is not None and name is not None and not client.may_see(name):
                 raise errors.forbidden(op.name, name)
         except BusError as e:
-            return _answered(op.name, error_line(op.name, e))
+            return _answered(op.name, error_line(op.name, e), code=e.code)
         ctx = Context(self.streams, self.events, client, now_us(self.reactor), self.max_page, self.reactor)
         return Request(op.name, op.lane_for(args), op.closes, lambda: self._run(op, ctx, args))
 

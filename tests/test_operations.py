@@ -74,3 +74,22 @@ def test_delete_stream_removes_events(client: LineClient, stream_name: str) -> N
 def test_exit_answers_then_closes(client: LineClient) -> None:
     assert client.request("exit", auth=None) == {"operation": "exit", "status": True}
     assert client.is_closed()
+
+
+def test_integers_keep_their_value_up_to_64_bits(client: LineClient, stream_name: str) -> None:
+    client.call("create_stream", {"stream_name": stream_name})
+    values = [2**64 - 1, -(2**63), 9007199254740993]
+    event = client.call("write_event", {"stream_name": stream_name, "event": values})["event"]
+    assert event["body"] == values
+    stored = client.call("get_stream_events", {"stream_name": stream_name})["events"]
+    assert stored[0]["body"] == values
+
+
+def test_integer_beyond_64_bits_is_refused_not_rounded(client: LineClient, stream_name: str) -> None:
+    client.call("create_stream", {"stream_name": stream_name})
+    response = client.request("write_event", {"stream_name": stream_name, "event": {"n": 2**64}})
+    assert response["code"] == "invalid_json" and response["operation"] == "decode_request"
+    # Long digit runs inside strings are only text.
+    client.call("write_event", {"stream_name": stream_name, "event": {"n": "1" * 40}})
+    stored = client.call("get_stream_events", {"stream_name": stream_name})["events"]
+    assert [e["body"] for e in stored] == [{"n": "1" * 40}]
