@@ -19,6 +19,7 @@ class ChangeNotifier:
         self._reactor = reactor
         self._versions: dict[str, int] = {}
         self._waiters: dict[str, set[Deferred]] = {}
+        self._stopping = False
 
     def version(self, stream: str) -> int:
         return self._versions.get(stream, 0)
@@ -32,7 +33,10 @@ class ChangeNotifier:
                 d.callback(True)
 
     def wait(self, stream: str, since: int, timeout: float) -> Deferred:
-        """Fires True once ``stream`` changed after ``since``, or False on timeout."""
+        """Fires True once ``stream`` changed after ``since``, or False on timeout
+        (at once when shutting down)."""
+        if self._stopping:
+            return succeed(False)
         if self.version(stream) != since:
             return succeed(True)
 
@@ -59,7 +63,9 @@ class ChangeNotifier:
         return d
 
     def wake_all(self) -> None:
-        """Shutting down: answer every long poll now."""
+        """Shutting down: answer every long poll now. A woken poll looks once
+        more and would wait again: from now on every wait ends at once."""
+        self._stopping = True
         for stream in list(self._waiters):
             self.changed(stream)
 
