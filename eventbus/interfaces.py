@@ -3,7 +3,8 @@
 The protocol knows only :class:`IDispatcher`; operations know only the
 services (:class:`IStreams`, :class:`IEvents`) and :class:`IAuthenticator`;
 the services know only :class:`IDatabase`. Every method that may touch
-storage returns a Deferred.
+storage returns a Deferred. tests/test_interfaces.py checks that each
+implementation provides its interface and has no public method beyond it.
 """
 
 from zope.interface import Attribute, Interface
@@ -55,12 +56,25 @@ class IEvents(Interface):
         """Deferred[Page]: events handed to this caller alone until the lease
         ends or they are marked."""
 
-    def wait(stream_name, status, timeout):
-        """Deferred that fires (with None) when an event of ``status`` may be
-        available in the stream, or when ``timeout`` seconds have passed."""
+    def version(stream_name):
+        """The stream's change counter now (an int, no storage access): read
+        it before a query, pass it to :meth:`wait` after an empty one."""
+
+    def wait(stream_name, since, timeout):
+        """Deferred[bool]: True once the stream changed after version
+        ``since`` (at once if it already has), False when ``timeout`` seconds
+        pass first or the server is shutting down. Cancellable."""
+
+    def mark_one(event_id, status, lease_id, now):
+        """Deferred[Marked] for one event; fails with ``event_not_found`` or
+        ``lease_lost`` (``mark_event``)."""
 
     def mark(event_ids, status, lease_id, now):
-        """Deferred[Marked]."""
+        """Deferred[Marked]: unknown ids and lost leases are reported, not
+        errors (``mark_events``)."""
+
+    def stop_waiting():
+        """Shutting down: end every long poll now, and every later one at once."""
 
 
 class IAuthenticator(Interface):
@@ -71,8 +85,14 @@ class IAuthenticator(Interface):
 
 
 class IDispatcher(Interface):
-    """Turns request lines into response lines (the operations layer)."""
+    """Turns request lines into requests the protocol runs (the operations layer)."""
 
-    def dispatch(line, session):
-        """Handle one request line. Returns the response line (bytes), or a
-        Deferred of it; never raises, never fails."""
+    def prepare(line):
+        """Decode, authenticate and validate one request line (bytes, no line
+        ending) on the reactor thread, touching no storage. Returns a
+        :class:`eventbus.operations.Request`: its ``lane`` (None, "read" or
+        "write") says how it orders against the connection's other requests,
+        ``closes`` whether the connection ends after its answer, and ``run()``
+        starts it and returns the response line (bytes) or a Deferred that
+        fires with it and never fails. Rejected requests come back already
+        answered (lane None)."""
