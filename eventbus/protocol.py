@@ -93,7 +93,8 @@ class BusProtocol(LineReceiver, TimeoutMixin):
     def timeoutConnection(self) -> None:
         if self._slots:
             # Waiting on us (a long poll, a slow commit) is not idleness.
-            self.resetTimeout()
+            # Start a new period: resetTimeout() is a no-op once timed out.
+            self.setTimeout(self.limits.idle_timeout_seconds)
             return
         self.close()
 
