@@ -158,7 +158,11 @@ def write_events_txn(
 
 
 def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written | errors.BusError]:
-    """Many writers' appends in one statement: the group commit's fast path."""
+    """Many writers' appends in one statement: the group commit's fast path.
+
+    ``jobs`` are write_events_txn's argument tuples, so ``key`` may be left out.
+    """
+    jobs = [job if len(job) == 4 else (*job, None) for job in jobs]
     names = {job[0] for job in jobs}
     found = conn.execute(sa.select(*_STREAM_COLS).where(streams.c.name.in_(names))).all()
     by_name = {row.name: Stream(*row) for row in found}

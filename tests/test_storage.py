@@ -1,0 +1,441 @@
+"""Storage on a real SQLite file: migrations, indexes, retention, group commit.
+
+These call the blocking ``*_txn`` functions of eventbus/storage/queries.py
+directly, each in its own transaction on an engine made the way the server
+makes it, on a database migrated the way the server migrates it.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from twisted.python.failure import Failure
+
+from eventbus.errors import BusError
+from eventbus.records import PROCESSED, RETRY, UNPROCESSED
+from eventbus.storage import migrate
+from eventbus.storage import queries as q
+from eventbus.storage.engines import make_engine
+from eventbus.storage.model import metadata
+from eventbus.storage.writer import GroupCommitWriter
+
+US = 1_000_000
+T0 = 1_800_000_000 * US  # a fixed "now", epoch microseconds
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'bus.db'}"
+
+
+@pytest.fixture
+def engine(url: str) -> Iterator[sa.Engine]:
+    migrate.upgrade(url)
+    e = make_engine(url, role="writer")
+    yield e
+    e.dispose()
+
+
+def txn(engine: sa.Engine, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one ``*_txn`` function in its own transaction, as the server does."""
+    with engine.connect() as conn, conn.begin():
+        return fn(conn, *args)
+
+
+def bodies(engine: sa.Engine, name: str) -> list[str]:
+    return [e.body for e in txn(engine, q.read_page_txn, name, None, None, 100_000).events]
+
+
+# -- migrations ---------------------------------------------------------------------
+
+
+def test_fresh_database_migrates_to_head(url: str, engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()
+        tables = set(sa.inspect(conn).get_table_names())
+    assert tables == set(metadata.tables) | {"alembic_version"}
+
+
+def test_migrated_schema_equals_the_model(engine: sa.Engine) -> None:
+    """Columns, types, nullability, keys, indexes: the migrations build
+    exactly what model.py describes."""
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diffs == []
+
+
+def test_indexes_and_partial_index_predicate_are_as_modelled(engine: sa.Engine) -> None:
+    """compare_metadata does not look at a partial index's WHERE: check the
+    index definitions themselves."""
+    with engine.connect() as conn:
+        created = dict(
+            conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            ).all()
+        )
+    modelled = {ix.name for table in metadata.tables.values() for ix in table.indexes}
+    assert set(created) == modelled
+    assert re.search(r"WHERE\s+lease_expires IS NOT NULL", created["ix_events_lease_expires"])
+
+
+def test_upgrade_step_by_step_equals_fresh_and_keeps_data(tmp_path: Path) -> None:
+    """An old database brought up one revision at a time ends up identical
+    to a fresh one, with its data intact (and derived data backfilled)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    revisions = [r.revision for r in ScriptDirectory.from_config(migrate.alembic_config()).walk_revisions()]
+    revisions.reverse()  # base first
+    migrate.upgrade(url, revisions[0])
+    old = make_engine(url, role="writer")
+    try:
+        with old.connect() as conn, conn.begin():
+            conn.exec_driver_sql(
+                "INSERT INTO streams (sid, id, name, created_at) VALUES (1, 'sid-1', 'old', 5)"
+            )
+            for seq, status in enumerate([0, 0, 1, 2, 3], start=1):
+                conn.exec_driver_sql(
+                    "INSERT INTO events (seq, id, stream_sid, status, created_at, body, deliveries) "
+                    f"VALUES ({seq}, 'e{seq}', 1, {status}, 5, '\"v{seq}\"', 0)"
+                )
+    finally:
+        old.dispose()
+    for revision in revisions[1:]:
+        migrate.upgrade(url, revision)
+    migrate.upgrade(url)  # at head already: a no-op
+    engine = make_engine(url, role="writer")
+    try:
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) == migrate.head_revision()
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        assert bodies(engine, "old") == ['"v1"', '"v2"', '"v3"', '"v4"', '"v5"']
+        _, stats = txn(engine, q.stats_txn, "old", T0)
+        assert (stats.unprocessed, stats.processed, stats.retry, stats.dead, stats.total) == (2, 1, 1, 1, 5)
+        # The migrated database works like a fresh one.
+        txn(engine, q.write_events_txn, "old", ['"new"'], T0)
+        assert bodies(engine, "old")[-1] == '"new"'
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_settings_on_every_connection(url: str, engine: sa.Engine) -> None:
+    """WAL with synchronous=FULL is what makes an acknowledged write durable."""
+    reader = make_engine(url, role="reader", pool_size=2)
+    try:
+        for e in (engine, reader):
+            with e.connect() as conn:
+                pragma = conn.exec_driver_sql
+                assert pragma("PRAGMA journal_mode").scalar() == "wal"
+                assert pragma("PRAGMA synchronous").scalar() == 2  # FULL
+                assert pragma("PRAGMA foreign_keys").scalar() == 1
+                assert pragma("PRAGMA busy_timeout").scalar() > 0
+    finally:
+        reader.dispose()
+
+
+# -- indexes are used -------------------------------------------------------------------
+
+
+@contextmanager
+def statements(engine: sa.Engine) -> Iterator[list[tuple[str, Any]]]:
+    """Every SQL statement the engine sends, with (one set of) its parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT")):
+            # An executemany has a list of parameter sets (insertmanyvalues
+            # batches arrive already flattened into one).
+            nested = many and parameters and isinstance(parameters[0], (tuple, list, dict))
+            seen.append((statement, parameters[0] if nested else parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def plans(engine: sa.Engine, fn: Callable[..., Any], *args: Any) -> list[str]:
+    """The query-plan lines of every statement ``fn`` runs (its transaction
+    is rolled back, so the data stays as it was)."""
+    with statements(engine) as seen:
+        with engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                fn(conn, *args)
+            finally:
+                trans.rollback()
+    assert seen, "no statements captured"
+    details = []
+    with engine.connect() as conn:
+        for statement, params in seen:
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
+            details += [f"{row[-1]}    <- {statement.split()[0]} {statement[:80]!r}" for row in rows]
+    return details
+
+
+def full_scans(details: list[str]) -> list[str]:
+    return [d for d in details if re.match(r"SCAN (TABLE )?(events|stream_counts)\b", d)]
+
+
+@pytest.fixture
+def populated(engine: sa.Engine) -> dict[str, Any]:
+    """Three streams of 400 events in mixed states, so a scan would show."""
+    ids: dict[str, list[str]] = {}
+    for k, name in enumerate(["one", "two", "three"]):
+        txn(engine, q.create_stream_txn, name, T0, None, None)
+        written = txn(engine, q.write_events_txn, name, [f'{{"n": {n}}}' for n in range(400)], T0 + k)
+        ids[name] = [e.id for e in written.events]
+        txn(engine, q.mark_events_txn, ids[name][:150], PROCESSED, None, T0)
+        txn(engine, q.mark_events_txn, ids[name][150:200], RETRY, None, T0)
+    txn(engine, q.lease_page_txn, "two", UNPROCESSED, None, 10, 60, T0)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    return ids
+
+
+def test_mark_by_id_uses_the_id_index(engine: sa.Engine, populated: dict[str, Any]) -> None:
+    event_id = populated["two"][300]
+    details = plans(engine, q.mark_event_txn, event_id, PROCESSED, None, T0)
+    assert full_scans(details) == [], "\n".join(details)
+    assert any(re.match(r"SEARCH (TABLE )?events USING .*INDEX .*\(id=\?\)", d) for d in details), "\n".join(
+        details
+    )
+
+
+def test_mark_many_by_id_uses_the_id_index(engine: sa.Engine, populated: dict[str, Any]) -> None:
+    details = plans(engine, q.mark_events_txn, populated["one"][200:260], RETRY, None, T0)
+    assert full_scans(details) == [], "\n".join(details)
+
+
+@pytest.mark.parametrize("status", [UNPROCESSED, RETRY])
+@pytest.mark.parametrize("after_seq", [None, 500])
+def test_process_and_retry_read_only_the_streams_rows_of_that_status(
+    engine: sa.Engine, populated: dict[str, Any], status: int, after_seq: int | None
+) -> None:
+    details = plans(engine, q.read_page_txn, "two", status, after_seq, 100)
+    assert full_scans(details) == [], "\n".join(details)
+    assert any(
+        re.match(
+            r"SEARCH (TABLE )?events USING INDEX ix_events_stream_status_seq \(stream_sid=\? AND status=\?", d
+        )
+        for d in details
+    ), "\n".join(details)
+    # Already in seq order: no sort, so LIMIT stops the read early.
+    assert not any("TEMP B-TREE" in d for d in details), "\n".join(details)
+
+
+def test_leasing_reads_only_the_streams_rows_of_that_status(
+    engine: sa.Engine, populated: dict[str, Any]
+) -> None:
+    details = plans(engine, q.lease_page_txn, "three", UNPROCESSED, None, 50, 30, T0)
+    assert full_scans(details) == [], "\n".join(details)
+    assert any("ix_events_stream_status_seq" in d for d in details), "\n".join(details)
+    assert not any("TEMP B-TREE" in d for d in details), "\n".join(details)
+
+
+def test_get_stream_events_reads_only_that_stream_in_order(
+    engine: sa.Engine, populated: dict[str, Any]
+) -> None:
+    details = plans(engine, q.read_page_txn, "one", None, 100, 100)
+    assert full_scans(details) == [], "\n".join(details)
+    assert not any("TEMP B-TREE" in d for d in details), "\n".join(details)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        ("write_events_txn", ("two", ['"x"', '"y"'], T0)),
+        ("write_events_txn", ("two", ['"x"'], T0, "key-1")),
+        ("stats_txn", ("two", T0)),
+        ("sweep_leases_txn", (T0 + 3600 * US, 100)),
+        ("purge_expired_txn", (T0 + 10 * US, 5, 100)),
+        ("purge_expired_txn", (T0 + 1, 3600, 100)),
+        ("find_stream_txn", ("three",)),
+        ("create_stream_txn", ("four", T0)),
+    ],
+    ids=lambda c: c[0] if isinstance(c, tuple) else None,
+)
+def test_no_other_transaction_scans_the_events(
+    engine: sa.Engine, populated: dict[str, Any], call: tuple[str, tuple]
+) -> None:
+    name, args = call
+    details = plans(engine, getattr(q, name), *args)
+    assert full_scans(details) == [], "\n".join(details)
+
+
+# -- retention purge ------------------------------------------------------------------------
+
+
+def test_purge_deletes_only_expired_events(engine: sa.Engine) -> None:
+    default = 100  # seconds
+    txn(engine, q.create_stream_txn, "default", T0, None, None)
+    txn(engine, q.create_stream_txn, "short", T0, None, 10)
+    txn(engine, q.create_stream_txn, "long", T0, None, 1000)
+    now = T0 + 10_000 * US
+
+    def write(name: str, age_s: float, body: str) -> None:
+        txn(engine, q.write_events_txn, name, [f'"{body}"'], now - int(age_s * US))
+
+    write("default", 200, "d-old")
+    write("default", 100, "d-at-limit")  # exactly the retention: not yet past it
+    write("default", 99.5, "d-young")
+    write("short", 20, "s-old")
+    write("short", 5, "s-young")
+    write("long", 500, "l-older-than-default")
+    write("long", 1500, "l-old")
+    # State does not matter: processed and leased events expire too.
+    old_ids = [e.id for e in txn(engine, q.read_page_txn, "default", None, None, 10).events]
+    txn(engine, q.mark_events_txn, old_ids[:1], PROCESSED, None, now)
+
+    assert txn(engine, q.purge_expired_txn, now, default, 100) == 3
+    assert bodies(engine, "default") == ['"d-at-limit"', '"d-young"']
+    assert bodies(engine, "short") == ['"s-young"']
+    assert bodies(engine, "long") == ['"l-older-than-default"']
+    assert txn(engine, q.purge_expired_txn, now, default, 100) == 0
+    # The kept counts follow the deletes.
+    for name, total in [("default", 2), ("short", 1), ("long", 1)]:
+        _, stats = txn(engine, q.stats_txn, name, now)
+        assert (stats.total, stats.unprocessed, stats.processed) == (total, total, 0)
+
+
+def test_purge_goes_in_batches_oldest_first(engine: sa.Engine) -> None:
+    txn(engine, q.create_stream_txn, "s", T0, None, None)
+    for age in [70, 10, 90, 50, 30, 80, 60, 1]:
+        txn(engine, q.write_events_txn, "s", [f'"{age}"'], T0 - age * US)
+    assert txn(engine, q.purge_expired_txn, T0, 20, 2) == 2
+    assert sorted(int(b.strip('"')) for b in bodies(engine, "s")) == [1, 10, 30, 50, 60, 70]
+    assert txn(engine, q.purge_expired_txn, T0, 20, 2) == 2
+    assert sorted(int(b.strip('"')) for b in bodies(engine, "s")) == [1, 10, 30, 50]
+    assert txn(engine, q.purge_expired_txn, T0, 20, 2) == 2
+    assert txn(engine, q.purge_expired_txn, T0, 20, 2) == 0
+    assert sorted(int(b.strip('"')) for b in bodies(engine, "s")) == [1, 10]
+
+
+# -- the group-commit writer ------------------------------------------------------------------
+
+
+class ThreadHop:
+    """A stand-in reactor: callFromThread queues the call for the test
+    thread, as the real reactor runs it on the reactor thread."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue = queue.Queue()
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        self.calls.put((f, args))
+
+    def run_until(self, done: Callable[[], bool], timeout: float = 30) -> None:
+        while not done():
+            f, args = self.calls.get(timeout=timeout)
+            f(*args)
+
+
+def outcome(d: Any) -> list[Any]:
+    box: list[Any] = []
+    d.addBoth(box.append)
+    return box
+
+
+def _explode(conn: sa.Connection, name: str) -> None:
+    """A buggy job: changes something, then fails with a non-BusError."""
+    q.create_stream_txn(conn, name, T0)
+    raise RuntimeError("bug")
+
+
+def test_group_commit_runs_all_pending_jobs_in_one_transaction(engine: sa.Engine) -> None:
+    hop = ThreadHop()
+    writer = GroupCommitWriter(engine, hop)
+    txn(engine, q.create_stream_txn, "g", T0, None, None)
+    results = [outcome(writer.submit(q.write_events_txn, "g", [f'"{n}"'], T0)) for n in range(50)]
+    results.append(outcome(writer.submit(q.create_stream_txn, "h", T0)))
+    writer.start()  # all 51 are queued before the thread looks
+    try:
+        hop.run_until(lambda: all(results))
+    finally:
+        stopped = outcome(writer.stop())
+        hop.run_until(lambda: bool(stopped))
+    assert (writer.batches, writer.jobs) == (1, 51)
+    assert [r[0].events[0].body for r in results[:50]] == [f'"{n}"' for n in range(50)]
+    assert bodies(engine, "g") == [f'"{n}"' for n in range(50)]
+    assert results[50][0].name == "h"
+
+
+def test_one_refused_job_does_not_fail_its_batch(engine: sa.Engine) -> None:
+    hop = ThreadHop()
+    writer = GroupCommitWriter(engine, hop)
+    jobs = [
+        (q.create_stream_txn, ("a", T0)),
+        (q.create_stream_txn, ("a", T0)),  # stream_exists
+        (q.write_events_txn, ("a", ['"1"'], T0)),
+        (q.write_events_txn, ("missing", ['"2"'], T0)),  # stream_not_found
+        (q.mark_event_txn, ("no-such-id", 1, None, T0)),  # event_not_found
+        (q.create_stream_txn, ("b", T0)),
+        (q.write_events_txn, ("b", ['"3"'], T0)),
+    ]
+    results = [outcome(writer.submit(fn, *args)) for fn, args in jobs]
+    writer.start()
+    try:
+        hop.run_until(lambda: all(results))
+    finally:
+        stopped = outcome(writer.stop())
+        hop.run_until(lambda: bool(stopped))
+    assert writer.batches == 1
+    codes = [r[0].value.code if isinstance(r[0], Failure) else "ok" for r in results]
+    assert codes == ["ok", "stream_exists", "ok", "stream_not_found", "event_not_found", "ok", "ok"]
+    assert bodies(engine, "a") == ['"1"']
+    assert bodies(engine, "b") == ['"3"']
+
+
+def test_a_failing_job_is_charged_alone_and_its_changes_undone(engine: sa.Engine) -> None:
+    """A job that fails unexpectedly rolls back its batch; the others are run
+    again alone and commit once each; the failing one changes nothing."""
+    hop = ThreadHop()
+    writer = GroupCommitWriter(engine, hop)
+    jobs = [
+        (q.create_stream_txn, ("a", T0)),
+        (q.write_events_txn, ("a", ['"1"', '"2"'], T0)),
+        (_explode, ("doomed",)),
+        (q.create_stream_txn, ("a", T0)),  # still stream_exists
+        (q.write_events_txn, ("a", ['"3"'], T0)),
+    ]
+    results = [outcome(writer.submit(fn, *args)) for fn, args in jobs]
+    writer.start()
+    try:
+        hop.run_until(lambda: all(results))
+    finally:
+        stopped = outcome(writer.stop())
+        hop.run_until(lambda: bool(stopped))
+    assert not isinstance(results[0][0], Failure)
+    assert not isinstance(results[1][0], Failure)
+    failed = results[2][0]
+    assert isinstance(failed, Failure) and failed.check(BusError)
+    assert failed.value.code == "unavailable"
+    assert results[3][0].value.code == "stream_exists"
+    assert not isinstance(results[4][0], Failure)
+    assert bodies(engine, "a") == ['"1"', '"2"', '"3"'], "a job was committed twice or lost"
+    with pytest.raises(BusError) as e:
+        txn(engine, q.find_stream_txn, "doomed")
+    assert e.value.code == "stream_not_found"
+
+
+def test_writer_stop_runs_what_is_queued(engine: sa.Engine) -> None:
+    hop = ThreadHop()
+    writer = GroupCommitWriter(engine, hop)
+    txn(engine, q.create_stream_txn, "s", T0, None, None)
+    results = [outcome(writer.submit(q.write_events_txn, "s", [f'"{n}"'], T0)) for n in range(10)]
+    stopped = outcome(writer.stop())
+    writer.start()
+    hop.run_until(lambda: bool(stopped) and all(results))
+    assert bodies(engine, "s") == [f'"{n}"' for n in range(10)]
+    with pytest.raises(BusError) as e:
+        writer.submit(q.write_events_txn, "s", ['"late"'], T0)
+    assert e.value.code == "unavailable"
