@@ -6,6 +6,7 @@ import dataclasses
 import sys
 
 from twisted.application.service import IService
+from twisted.internet import endpoints
 from twisted.python import usage
 
 from eventbus.config import Config, ConfigError, load
@@ -29,13 +30,42 @@ class Options(usage.Options):
         try:
             config = load(self["config"])
         except ConfigError as e:
-            # One clear line, not twistd's usage text and not a traceback.
-            sys.stderr.write(f"eventbus: {e}\n")
-            raise SystemExit(2) from None
+            _stop(str(e))
         overrides = {k: self[k] for k in ("listen", "database") if self[k]}
-        self.bus_config = dataclasses.replace(
-            config, server=dataclasses.replace(config.server, **overrides)
-        )
+        server = dataclasses.replace(config.server, **overrides)
+        # Checked here, wherever they came from, so a bad one is one line too.
+        for key, check in (("listen", _endpoint_problem), ("database", _database_problem)):
+            value = getattr(server, key)
+            problem = check(value)
+            if problem is not None:
+                where = f"--{key}" if key in overrides else f"config file '{config.path}': server.{key}"
+                _stop(f"{where} {value!r}: {problem}")
+        self.bus_config = dataclasses.replace(config, server=server)
+
+
+def _stop(message: str) -> None:
+    """One clear line, not twistd's usage text and not a traceback."""
+    sys.stderr.write(f"eventbus: {message}\n")
+    raise SystemExit(2)
+
+
+def _endpoint_problem(description: str) -> str | None:
+    try:
+        # Parses (and loads TLS files) without listening; the reactor is unused.
+        endpoints.serverFromString(None, description)
+    except Exception as e:
+        return " ".join(str(e).split()) or type(e).__name__
+    return None
+
+
+def _database_problem(url: str) -> str | None:
+    import sqlalchemy as sa
+
+    try:
+        sa.engine.make_url(url).get_dialect()
+    except Exception as e:
+        return " ".join(str(e).split()) or type(e).__name__
+    return None
 
 
 def makeService(options: Options) -> IService:
