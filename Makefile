@@ -29,7 +29,12 @@ test: install
 lint: install
 	$(BIN)/ruff check eventbus tests bench twisted
 
+# The load generator is C (a Python client would be the bottleneck); the
+# chart needs matplotlib, which the server and the tests do not.
 bench: install
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	mkdir -p bench/results/bin
+	$(CC) -O2 -Wall -o bench/results/bin/loadgen bench/loadgen.c -lpthread
 	$(BIN)/python -m bench $(ARGS)
 
 clean:

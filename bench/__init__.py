@@ -1,0 +1,1 @@
+"""``make bench``: Event Bus against its ceiling (echo) and its peer (Redis)."""
