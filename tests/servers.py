@@ -15,7 +15,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).parent / "twistd")
-_PORT = re.compile(rb"BusFactory starting on (\d+)")
+_PORT = re.compile(rb"BusFactory(?: \(TLS\))? starting on (\d+)")
+_ADMIN_PORT = re.compile(rb"admin listening on http://[^:/]+:(\d+)/")
 
 TEST_CLIENTS = {
     "go-client": {"client_id": "dope_go_client_id", "client_secret": "dope_go_client_secret"},
@@ -36,6 +37,8 @@ class ServerProcess:
         server: dict[str, Any] | None = None,
         auth: dict[str, Any] | None = None,
         listen: str = "tcp:0:interface=127.0.0.1",
+        admin: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -45,6 +48,10 @@ class ServerProcess:
             yaml.safe_dump({"auth": auth if auth is not None else TEST_CLIENTS, "server": server or {}})
         )
         self.listen = listen
+        #: ``--admin`` endpoint (e.g. "tcp:0"); its port lands in admin_port.
+        self.admin = admin
+        self.extra_args = tuple(extra_args)
+        self.admin_port: int | None = None
         self.log_path = self.workdir / "server.log"
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
@@ -58,6 +65,8 @@ class ServerProcess:
                 "--config", str(self.config_path),
                 "--listen", self.listen,
                 "--database", self.database,
+                *(["--admin", self.admin] if self.admin else []),
+                *self.extra_args,
             ],
             cwd=ROOT,
             stdout=log,
@@ -69,8 +78,10 @@ class ServerProcess:
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[offset:]
             m = _PORT.search(text)
-            if m:
+            admin = _ADMIN_PORT.search(text) if self.admin else None
+            if m and (admin or not self.admin):
                 self.port = int(m.group(1))
+                self.admin_port = int(admin.group(1)) if admin else None
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{text.decode(errors='replace')}")
