@@ -1,5 +1,6 @@
 # Event Bus: `make run` starts the server, `make test` runs the tests.
-# Both set up .venv first when it is missing or requirements.txt changed.
+# Both set up .venv first when it is missing or requirements.txt or
+# pyproject.toml changed.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,13 +12,15 @@ ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	# The project root on the venv's path: `import eventbus` and twistd's
 	# plugin lookup (twisted/plugins/ under every path entry) find it.
 	echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/eventbus-project.pth"
+	# The project itself, editable: puts the `eventbus` command in $(BIN).
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 run: install
