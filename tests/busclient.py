@@ -12,14 +12,20 @@ DEFAULT_AUTH = {"client_id": "dope_go_client_id", "client_secret": "dope_go_clie
 class LineClient:
     """One connection; send lines, read response lines."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, source: str | None = None
+    ) -> None:
+        # ``source``: connect from this local address (any of 127.0.0.0/8 on
+        # loopback), so the server sees a different peer.
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.buffer = b""
 
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "LineClient":
+    def __enter__(self) -> LineClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -68,7 +74,7 @@ class LineClient:
                 if not chunk:
                     return True
                 self.buffer += chunk
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
         except ConnectionResetError:
             return True

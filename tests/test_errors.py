@@ -7,13 +7,16 @@ to have changed nothing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.busclient import DEFAULT_AUTH, LineClient
+from tests.servers import ServerProcess
 
 ORIGINAL_OPERATIONS = (
     "health",
@@ -81,6 +84,22 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
 AUTHED_OPERATIONS = tuple(
     op for op in ORIGINAL_OPERATIONS + EXTENSION_OPERATIONS if op not in ("health", "exit")
 )
+
+
+_sources = itertools.count()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[LineClient]:
+    """A connection from a loopback address of this test's own.
+
+    The server slows down the answers to repeated auth failures from one
+    address (auth.FailureThrottle); this file fails auth on purpose, a few
+    times per test but hundreds of times in all.
+    """
+    n = next(_sources)
+    with LineClient(server.port, source=f"127.0.{1 + n // 250 % 250}.{1 + n % 250}") as c:
+        yield c
 
 
 def failure(operation: str, code: str, reason: str) -> dict[str, Any]:
