@@ -15,7 +15,7 @@ DEFAULT_CONFIG = "config/config.yaml"
 
 
 class Options(usage.Options):
-    synopsis = "[--config PATH] [--listen ENDPOINT] [--database URL]"
+    synopsis = "[--config PATH] [--listen ENDPOINT] [--database URL] [--admin ENDPOINT] [--log-format json]"
     longdesc = (
         "Run the Event Bus server. Values not given here come from the config "
         "file's `server` section, then from the defaults."
@@ -24,6 +24,9 @@ class Options(usage.Options):
         ["config", "c", DEFAULT_CONFIG, "Configuration file (YAML)."],
         ["listen", "l", None, "Twisted endpoint to listen on [default: tcp:8080:interface=127.0.0.1]."],
         ["database", "d", None, "SQLAlchemy database URL [default: sqlite:///eventbus.db]."],
+        ["admin", None, None, "Admin HTTP listener (/metrics, /health, status page): an endpoint or a "
+         "port; localhost unless it names an interface [default: off]."],
+        ["log-format", None, "text", "Log lines as 'text' or 'json' (one object per line)."],
     ]
 
     def postOptions(self) -> None:
@@ -41,6 +44,21 @@ class Options(usage.Options):
                 where = f"--{key}" if key in overrides else f"config file '{config.path}': server.{key}"
                 _stop(f"{where} {value!r}: {problem}")
         self.bus_config = dataclasses.replace(config, server=server)
+        self._observability()
+
+    def _observability(self) -> None:
+        if self["log-format"] not in ("text", "json"):
+            _stop(f"--log-format {self['log-format']!r}: must be text or json")
+        if self["log-format"] == "json":
+            from eventbus.logs import use_json_logs
+
+            use_json_logs(self.parent)
+        if self["admin"]:
+            from eventbus.admin import admin_endpoint
+
+            problem = _endpoint_problem(admin_endpoint(self["admin"]))
+            if problem is not None:
+                _stop(f"--admin {self['admin']!r}: {problem}")
 
 
 def _stop(message: str) -> None:
@@ -74,4 +92,4 @@ def makeService(options: Options) -> IService:
     from eventbus.server import build_service
 
     config: Config = options.bus_config
-    return build_service(config, reactor)
+    return build_service(config, reactor, admin=options["admin"])

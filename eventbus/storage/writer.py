@@ -14,6 +14,7 @@ charged to the job that caused it.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Any, Callable
 
@@ -51,6 +52,9 @@ class GroupCommitWriter:
         #: Sizes of recent batches, for benchmarks and metrics.
         self.batches = 0
         self.jobs = 0
+        #: Metrics hook, called on the writer thread after each batch with
+        #: (jobs in it, seconds its transaction took).
+        self.on_batch: Callable[[int, float], None] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="eventbus-writer", daemon=True)
@@ -94,7 +98,10 @@ class GroupCommitWriter:
                 if conn is None:
                     results: list[Any] = [_unavailable()] * len(jobs)
                 else:
+                    started = time.perf_counter()
                     results = self._run_batch(conn, jobs)
+                    if self.on_batch is not None:
+                        self.on_batch(len(jobs), time.perf_counter() - started)
                     if conn.invalidated or conn.closed:
                         conn = None
                 self.batches += 1
