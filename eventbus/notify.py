@@ -5,6 +5,11 @@ waits for the counter to move past what it read, so a write that commits
 between the query and the wait is never missed. Writers bump the counter
 after their commit. Waits are cancellable: a client that goes away leaves
 nothing behind.
+
+With several servers on one PostgreSQL database, a listener
+(:mod:`eventbus.storage.pg_listen`) feeds other nodes' changes in through
+:meth:`ChangeNotifier.changed`, and :meth:`ChangeNotifier.changed_all` when it
+may have missed some.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ class ChangeNotifier:
         self._versions: dict[str, int] = {}
         self._waiters: dict[str, set[Deferred]] = {}
         self._stopping = False
+        # Moves every stream's version at once (changed_all); both only grow,
+        # so their sum changes whenever either does.
+        self._epoch = 0
 
     def version(self, stream: str) -> int:
-        return self._versions.get(stream, 0)
+        return self._epoch + self._versions.get(stream, 0)
 
     def changed(self, stream: str) -> None:
         """Something in ``stream`` changed: wake everyone waiting on it."""
@@ -61,6 +69,15 @@ class ChangeNotifier:
         timer = self._reactor.callLater(timeout, time_out)
         d.addBoth(stop_timer)
         return d
+
+    def changed_all(self) -> None:
+        """Any stream may have changed (changes from other nodes may have been
+        missed): every long poll, waiting or about to, looks again."""
+        self._epoch += 1
+        waiters, self._waiters = self._waiters, {}
+        for ds in waiters.values():
+            for d in ds:
+                d.callback(True)
 
     def wake_all(self) -> None:
         """Shutting down: answer every long poll now. A woken poll looks once

@@ -1,9 +1,10 @@
 """The composition root: config in, a service tree out.
 
-Start order: database (migrations), housekeeping, connections, listener.
+Start order: database (migrations), the PostgreSQL change listener (other
+nodes' writes wake our long polls), housekeeping, connections, listener.
 Stop order is the reverse, one at a time: stop accepting, stop reading and
-answer what is in flight, stop housekeeping, then commit what is queued and
-close the database.
+answer what is in flight, stop housekeeping, stop listening, then commit what
+is queued and close the database.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from twisted.internet import endpoints
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from eventbus.admin import AdminService
 from eventbus.auth import Authenticator
 from eventbus.bus import Events, Streams
 from eventbus.config import Config
 from eventbus.housekeeping import Housekeeping
-from eventbus.metrics import MeteredDatabase, MeteredDispatcher, MeteredEvents, Metrics
 from eventbus.notify import ChangeNotifier
 from eventbus.operations import Dispatcher
 from eventbus.protocol import BusFactory, Limits
@@ -69,21 +68,14 @@ class Connections(Service):
         self.log.info("shutdown: all requests answered")
 
 
-def build_service(config: Config, reactor: Any, admin: str | None = None) -> EventBusService:
-    """``admin``: the admin listener's endpoint (metrics, health, status page), or None."""
+def build_service(config: Config, reactor: Any) -> EventBusService:
     server = config.server
     top = EventBusService()
-    # With the admin listener on, the layers are wrapped to feed its metrics.
-    metrics = Metrics() if admin else None
     db = Database(server.database, reactor, readers=server.readers)
     notifier = ChangeNotifier(reactor)
-    store = MeteredDatabase(db, metrics) if metrics else db
-    streams = Streams(store, notifier)
-    events = Events(store, notifier)
-    served = MeteredEvents(events, metrics) if metrics else events
-    dispatcher = Dispatcher(streams, served, Authenticator(config.clients), reactor, server.max_page)
-    if metrics:
-        dispatcher = MeteredDispatcher(dispatcher, metrics)
+    streams = Streams(db, notifier)
+    events = Events(db, notifier)
+    dispatcher = Dispatcher(streams, events, Authenticator(config.clients), reactor, server.max_page)
     limits = Limits(
         max_line_bytes=server.max_line_bytes,
         max_pending_requests=server.max_pending_requests,
@@ -92,6 +84,11 @@ def build_service(config: Config, reactor: Any, admin: str | None = None) -> Eve
     )
     factory = BusFactory(dispatcher, limits, reactor)
     db.setServiceParent(top)
+    if db.dialect == "postgresql":
+        # Several nodes may share the database: their changes wake our polls.
+        from eventbus.storage.pg_listen import PgListener
+
+        PgListener(server.database, notifier, reactor).setServiceParent(top)
     Housekeeping(
         db, notifier, reactor, server.retention_seconds, server.housekeeping_interval_seconds
     ).setServiceParent(top)
@@ -99,8 +96,6 @@ def build_service(config: Config, reactor: Any, admin: str | None = None) -> Eve
     listener = StreamServerEndpointService(endpoints.serverFromString(reactor, server.listen), factory)
     listener._raiseSynchronously = True  # a port in use stops start-up loudly
     listener.setServiceParent(top)
-    if admin and metrics:
-        AdminService(admin, metrics, db, factory, notifier, reactor).setServiceParent(top)
     top.database = db  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]
     return top

@@ -1,20 +1,27 @@
 """The event life cycle against a simple model (hypothesis state machine).
 
 Writes, leases, lease expiries (the clock is injected: every storage call
-takes ``now``), sweeps and marks in any order, on a real SQLite file: no
-event is lost, none is held by two leaseholders at once, and statuses and
-delivery counts are what the model says.
+takes ``now``), sweeps and marks in any order, on a real SQLite file and on
+PostgreSQL: no event is lost, none is held by two leaseholders at once, and
+statuses and delivery counts are what the model says. Each run has a stream
+of its own in one database per backend.
 """
 
 from __future__ import annotations
 
-import tempfile
+import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import hypothesis.strategies as st
+import sqlalchemy as sa
 from hypothesis import settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from eventbus import errors
 from eventbus.records import DEAD, PROCESSED, RETRY, UNPROCESSED
@@ -24,6 +31,7 @@ from eventbus.storage.engines import make_engine
 
 MAX_DELIVERIES = 3
 SECOND = 1_000_000
+_runs = itertools.count()
 
 
 @dataclass
@@ -47,16 +55,13 @@ class Model:
 
 
 class Lifecycle(RuleBasedStateMachine):
-    def __init__(self) -> None:
+    def __init__(self, engine: sa.Engine) -> None:
         super().__init__()
-        self.dir = tempfile.TemporaryDirectory()
-        url = f"sqlite:///{Path(self.dir.name) / 'model.db'}"
-        migrate.upgrade(url)
-        self.engine = make_engine(url, role="writer")
-        self.conn = self.engine.connect()
+        self.conn = engine.connect()
+        self.s = f"s{next(_runs)}"
         self.now = 1_000 * SECOND
         self.model = Model()
-        self.txn(q.create_stream_txn, "s", self.now, MAX_DELIVERIES)
+        self.txn(q.create_stream_txn, self.s, self.now, MAX_DELIVERIES)
         # Leases handed out and not yet checked off: (event id, lease id).
         self.handed: list[tuple[str, str]] = []
 
@@ -65,13 +70,13 @@ class Lifecycle(RuleBasedStateMachine):
             return fn(self.conn, *args)
 
     def teardown(self) -> None:
+        # Its events go too, so no later run's sweep meets this run's leases.
+        self.txn(q.delete_stream_txn, self.s)
         self.conn.close()
-        self.engine.dispose()
-        self.dir.cleanup()
 
     @rule(n=st.integers(1, 5))
     def write(self, n: int) -> None:
-        written = self.txn(q.write_events_txn, "s", [str(i) for i in range(n)], self.now)
+        written = self.txn(q.write_events_txn, self.s, [str(i) for i in range(n)], self.now)
         self.model.events += [ModelEvent(e.id) for e in written.events]
 
     @rule(seconds=st.integers(0, 40))
@@ -90,7 +95,7 @@ class Lifecycle(RuleBasedStateMachine):
                 e.status, e.lease, e.expires = DEAD, None, None
             else:
                 expected.append(e)
-        page = self.txn(q.lease_page_txn, "s", status, None, limit, lease, self.now)
+        page = self.txn(q.lease_page_txn, self.s, status, None, limit, lease, self.now)
         assert [ev.id for ev in page.events] == [e.id for e in expected]
         for ev in page.events:
             e = self.model.by_id(ev.id)
@@ -139,7 +144,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     @invariant()
     def storage_matches_model(self) -> None:
-        page = self.txn(q.read_page_txn, "s", None, None, 10_000)
+        page = self.txn(q.read_page_txn, self.s, None, None, 10_000)
         stored = [(ev.id, ev.status, ev.deliveries) for ev in page.events]
         assert stored == [(e.id, e.status, e.deliveries) for e in self.model.events]
         leased_now = [
@@ -149,12 +154,18 @@ class Lifecycle(RuleBasedStateMachine):
 
     @invariant()
     def stats_match_model(self) -> None:
-        _, stats = self.txn(q.stats_txn, "s", self.now)
+        _, stats = self.txn(q.stats_txn, self.s, self.now)
         by_status = [sum(1 for e in self.model.events if e.status == s) for s in range(4)]
         assert [stats.unprocessed, stats.processed, stats.retry, stats.dead] == by_status
         assert stats.total == len(self.model.events)
         assert stats.leased == sum(1 for e in self.model.events if e.leased_at(self.now))
 
 
-Lifecycle.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
-TestLifecycle = Lifecycle.TestCase
+def test_lifecycle(database_url: str) -> None:
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url, role="writer")
+    try:
+        checks = settings(max_examples=60, stateful_step_count=40, deadline=None)
+        run_state_machine_as_test(lambda: Lifecycle(engine), settings=checks)
+    finally:
+        engine.dispose()

@@ -4,32 +4,78 @@ SQLite: WAL, ``synchronous=FULL`` (an acknowledged write survives power
 loss), foreign keys, a busy timeout and a bounded WAL. The writer's
 transactions start with ``BEGIN IMMEDIATE`` so it takes the write lock up
 front instead of failing on upgrade; readers use plain ``BEGIN`` for a
-consistent snapshot. PostgreSQL needs nothing special: READ COMMITTED.
+consistent snapshot.
+
+PostgreSQL: READ COMMITTED, a connection timeout, TCP keepalives (a dead
+server is noticed), ``lock_timeout`` from the busy timeout (a write never
+waits forever behind another node's lock), connections checked before use
+(``pool_pre_ping``) so a restarted server costs one failed transaction, not
+a pool of broken connections.
+
+Both: :func:`at_commit` gathers work that a transaction does once, just
+before it commits, whatever jobs the group commit put in it (the stream
+counters, in one key order; NOTIFY on PostgreSQL).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 BUSY_TIMEOUT_MS = 5000
+CONNECT_TIMEOUT_S = 5
+#: The LISTEN/NOTIFY channel: the payload is the name of a changed stream.
+NOTIFY_CHANNEL = "eventbus"
+
+_PENDING = "eventbus.at_commit"
+T = TypeVar("T")
 
 
 def is_sqlite(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def pg_connect_args(url: URL, role: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> dict[str, Any]:
+    """libpq settings for a connection of ``role``; the URL's own query wins."""
+    args: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": f"eventbus-{role}",
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+    if role in ("writer", "reader"):
+        # Not for "admin": migrations wait on an advisory lock for as long
+        # as another node's migration takes.
+        args["options"] = f"-c lock_timeout={int(busy_timeout_ms)}"
+    return {k: v for k, v in args.items() if k not in url.query}
+
+
 def make_engine(url: str | URL, *, role: str, pool_size: int = 1) -> sa.Engine:
     """An engine for ``role`` "writer" or "reader" (or "admin" for migrations)."""
     url = make_url(url)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")  # psycopg 3, not SQLAlchemy's default psycopg2
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(
+        engine = sa.create_engine(
             url,
             pool_size=pool_size,
             max_overflow=0,
             pool_pre_ping=True,
             isolation_level="READ COMMITTED",
+            connect_args=pg_connect_args(url, role),
         )
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin_pg(conn: sa.Connection) -> None:
+            conn.info[_PENDING] = {}
+
+        _install_commit_hook(engine)
+        return engine
     engine = sa.create_engine(
         url,
         pool_size=pool_size,
@@ -61,5 +107,53 @@ def make_engine(url: str | URL, *, role: str, pool_size: int = 1) -> sa.Engine:
     @sa.event.listens_for(engine, "begin")
     def _begin(conn) -> None:
         conn.exec_driver_sql(begin)
+        conn.info[_PENDING] = {}
 
+    _install_commit_hook(engine)
     return engine
+
+
+# -- work done once per transaction, just before it commits --------------------
+
+
+def at_commit(
+    conn: sa.Connection, name: str, flush: Callable[[sa.Connection, T], None], factory: Callable[[], T]
+) -> T:
+    """The transaction's accumulator ``name`` (made by ``factory`` on first
+    use); ``flush(conn, value)`` runs on it just before the commit, in the
+    same transaction. A rollback drops it. Only for engines of
+    :func:`make_engine`."""
+    try:
+        pending = conn.info[_PENDING]
+    except KeyError:
+        raise RuntimeError("at_commit needs a transaction on an engine from make_engine()") from None
+    entry = pending.get(name)
+    if entry is None:
+        entry = pending[name] = (flush, factory())
+    return entry[1]
+
+
+def _install_commit_hook(engine: sa.Engine) -> None:
+    @sa.event.listens_for(engine, "commit")
+    def _flush_pending(conn: sa.Connection) -> None:
+        pending = conn.info.pop(_PENDING, None)
+        if not pending:
+            return
+        try:
+            for flush, value in pending.values():
+                flush(conn, value)
+        except BaseException:
+            _abandon(conn)
+            raise
+
+
+def _abandon(conn: sa.Connection) -> None:
+    """A flush failed inside COMMIT: SQLAlchemy will neither commit nor roll
+    back the database transaction then, so roll it back here (or drop the
+    connection) to leave the connection usable."""
+    if conn.invalidated:
+        return
+    try:
+        conn.connection.dbapi_connection.rollback()
+    except Exception:
+        conn.invalidate()

@@ -26,6 +26,7 @@ from eventbus.records import (
     Stream,
     Written,
 )
+from eventbus.storage.engines import NOTIFY_CHANNEL, at_commit
 from eventbus.storage.model import events, stream_counts, streams
 
 _STREAM_COLS = (
@@ -61,9 +62,17 @@ _ADD_COUNT = (
 
 
 def _count(conn: sa.Connection, deltas: dict[tuple[int, int], int]) -> None:
-    """Apply changes to the per-stream status counts: {(sid, status): delta}."""
-    # Sorted: concurrent transactions (other nodes on PostgreSQL) then lock
-    # counter rows in one order and cannot deadlock on them.
+    """Change the per-stream status counts by {(sid, status): delta}: added
+    up over the whole transaction and applied just before it commits."""
+    pending = at_commit(conn, "counts", _apply_counts, dict)
+    for key, delta in deltas.items():
+        pending[key] = pending.get(key, 0) + delta
+
+
+def _apply_counts(conn: sa.Connection, deltas: dict[tuple[int, int], int]) -> None:
+    # Last in the transaction and sorted: concurrent transactions (other
+    # nodes on PostgreSQL) lock counter rows in one order, whatever jobs a
+    # group commit holds, and so cannot deadlock on them.
     params = [
         {"b_sid": sid, "b_status": status, "b_delta": delta}
         for (sid, status), delta in sorted(deltas.items())
@@ -71,6 +80,24 @@ def _count(conn: sa.Connection, deltas: dict[tuple[int, int], int]) -> None:
     ]
     if params:
         conn.execute(_ADD_COUNT, params)
+
+
+_NOTIFY = sa.text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', n) FROM unnest(CAST(:names AS text[])) AS n")
+
+
+def _changed(conn: sa.Connection, names: Any) -> None:
+    """Streams with events to offer again: on PostgreSQL, NOTIFY every node
+    (delivered at commit) so their long polls wake; SQLite has one node."""
+    if conn.dialect.name == "postgresql" and names:
+        at_commit(conn, "notify", _notify, set).update(names)
+
+
+def _notify(conn: sa.Connection, names: set[str]) -> None:
+    conn.execute(_NOTIFY, {"names": sorted(names)})
+
+
+def _pg(conn: sa.Connection) -> bool:
+    return conn.dialect.name == "postgresql"
 
 
 def _moves(rows: Sequence[Any], to_status: int) -> dict[tuple[int, int], int]:
@@ -99,7 +126,10 @@ def find_stream_txn(conn: sa.Connection, name: str) -> Stream:
 
 
 def list_streams_txn(conn: sa.Connection) -> list[Stream]:
-    rows = conn.execute(sa.select(*_STREAM_COLS).order_by(streams.c.name)).all()
+    # PostgreSQL sorts by the database's collation unless told: "C" orders
+    # by code point, as SQLite does.
+    name = streams.c.name.collate("C") if _pg(conn) else streams.c.name
+    rows = conn.execute(sa.select(*_STREAM_COLS).order_by(name)).all()
     return [Stream(*row) for row in rows]
 
 
@@ -142,6 +172,7 @@ def delete_stream_txn(conn: sa.Connection, name: str) -> None:
     result = conn.execute(sa.delete(streams).where(streams.c.name == name))
     if result.rowcount == 0:
         raise errors.stream_not_found(name)
+    _changed(conn, [name])  # long polls on it wake and find it gone
 
 
 # -- writing ---------------------------------------------------------------
@@ -164,7 +195,15 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
     """
     jobs = [job if len(job) == 4 else (*job, None) for job in jobs]
     names = {job[0] for job in jobs}
-    found = conn.execute(sa.select(*_STREAM_COLS).where(streams.c.name.in_(names))).all()
+    # FOR NO KEY UPDATE (PostgreSQL; in sid order, so writers never deadlock on it): the
+    # nodes' writers to a stream take turns, so within a stream seq order is
+    # commit order, as with SQLite's single writer, and a reader paging with
+    # after_seq never skips an event committed late; a stream deleted by
+    # another node meanwhile is not found here rather than half-way.
+    query = sa.select(*_STREAM_COLS).where(streams.c.name.in_(names))
+    if _pg(conn):
+        query = query.order_by(streams.c.sid).with_for_update(key_share=True)
+    found = conn.execute(query).all()
     by_name = {row.name: Stream(*row) for row in found}
     results: list[Any] = [None] * len(jobs)
     params: list[dict[str, Any]] = []
@@ -206,6 +245,7 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
             key_ = (by_name[jobs[i][0]].sid, UNPROCESSED)
             added[key_] = added.get(key_, 0) + count
         _count(conn, added)
+        _changed(conn, {jobs[i][0] for i, _, _ in spans})
         for i, start, count in spans:
             stream_id = by_name[jobs[i][0]].id
             results[i] = Written(
@@ -351,7 +391,7 @@ def mark_events_txn(
     conn: sa.Connection, ids: list[str], status: int, lease_id: str | None, now: int
 ) -> Marked:
     """Set ``status`` on events by id; with ``lease_id``, only under that lease."""
-    rows = conn.execute(
+    query = (
         sa.select(
             events.c.id,
             events.c.stream_sid,
@@ -361,8 +401,15 @@ def mark_events_txn(
             streams.c.name,
         )
         .join(streams, streams.c.sid == events.c.stream_sid)
-        .where(events.c.id.in_(ids))
-    ).all()
+        # No id holds U+0000, and PostgreSQL refuses it in a parameter.
+        .where(events.c.id.in_([i for i in ids if "\x00" not in i]))
+    )
+    if _pg(conn):
+        # Another node may mark the same events now: lock them (in one
+        # order) so the statuses read here, and the counts moved from them,
+        # are the current ones.
+        query = query.order_by(events.c.seq).with_for_update(of=events)
+    rows = conn.execute(query).all()
     found = {row.id: row for row in rows}
     not_found = [i for i in dict.fromkeys(ids) if i not in found]
     lost: list[str] = []
@@ -382,6 +429,8 @@ def mark_events_txn(
         conn.execute(sa.update(events).where(events.c.id.in_([r.id for r in chosen])).values(**values))
         _count(conn, _moves(chosen, status))
     names = sorted({row.name for row in chosen})
+    if status in (UNPROCESSED, RETRY):
+        _changed(conn, names)
     return Marked(len(chosen), not_found, lost, names)
 
 
@@ -417,6 +466,8 @@ def sweep_leases_txn(conn: sa.Connection, now: int, batch: int) -> Swept:
         .join(streams, streams.c.sid == events.c.stream_sid)
         .where(events.c.lease_expires <= now)
         .limit(batch)
+        # Every node sweeps: each takes the rows no other is sweeping now.
+        .with_for_update(of=events, skip_locked=True)
     ).all()
     dead = [r for r in rows if r.max_deliveries is not None and r.deliveries >= r.max_deliveries]
     live = [r for r in rows if r.max_deliveries is None or r.deliveries < r.max_deliveries]
@@ -428,7 +479,9 @@ def sweep_leases_txn(conn: sa.Connection, now: int, batch: int) -> Swept:
             .where(events.c.seq.in_([r.seq for r in live]))
             .values(lease_id=None, lease_expires=None)
         )
-    return Swept(len(rows), sorted({r.name for r in live}))
+    names = sorted({r.name for r in live})
+    _changed(conn, names)
+    return Swept(len(rows), names)
 
 
 def purge_expired_txn(conn: sa.Connection, now: int, default_retention_s: int, batch: int) -> int:
@@ -446,6 +499,8 @@ def purge_expired_txn(conn: sa.Connection, now: int, default_retention_s: int, b
         .where(events.c.created_at < now - retention)
         .order_by(events.c.created_at)
         .limit(batch)
+        # Every node purges: each deletes (and uncounts) rows no other has.
+        .with_for_update(of=events, skip_locked=True)
     ).all()
     if not doomed:
         return 0
