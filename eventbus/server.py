@@ -17,10 +17,12 @@ from twisted.internet import endpoints
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
+from eventbus.admin import AdminService
 from eventbus.auth import Authenticator
 from eventbus.bus import Events, Streams
 from eventbus.config import Config
 from eventbus.housekeeping import Housekeeping
+from eventbus.metrics import MeteredDatabase, MeteredDispatcher, MeteredEvents, Metrics
 from eventbus.notify import ChangeNotifier
 from eventbus.operations import Dispatcher
 from eventbus.protocol import BusFactory, Limits
@@ -68,14 +70,21 @@ class Connections(Service):
         self.log.info("shutdown: all requests answered")
 
 
-def build_service(config: Config, reactor: Any) -> EventBusService:
+def build_service(config: Config, reactor: Any, admin: str | None = None) -> EventBusService:
+    """``admin``: the admin listener's endpoint (metrics, health, status page), or None."""
     server = config.server
     top = EventBusService()
+    # With the admin listener on, the layers are wrapped to feed its metrics.
+    metrics = Metrics() if admin else None
     db = Database(server.database, reactor, readers=server.readers)
     notifier = ChangeNotifier(reactor)
-    streams = Streams(db, notifier)
-    events = Events(db, notifier)
-    dispatcher = Dispatcher(streams, events, Authenticator(config.clients), reactor, server.max_page)
+    store = MeteredDatabase(db, metrics) if metrics else db
+    streams = Streams(store, notifier)
+    events = Events(store, notifier)
+    served = MeteredEvents(events, metrics) if metrics else events
+    dispatcher = Dispatcher(streams, served, Authenticator(config.clients), reactor, server.max_page)
+    if metrics:
+        dispatcher = MeteredDispatcher(dispatcher, metrics)
     limits = Limits(
         max_line_bytes=server.max_line_bytes,
         max_pending_requests=server.max_pending_requests,
@@ -96,6 +105,8 @@ def build_service(config: Config, reactor: Any) -> EventBusService:
     listener = StreamServerEndpointService(endpoints.serverFromString(reactor, server.listen), factory)
     listener._raiseSynchronously = True  # a port in use stops start-up loudly
     listener.setServiceParent(top)
+    if admin and metrics:
+        AdminService(admin, metrics, db, factory, notifier, reactor).setServiceParent(top)
     top.database = db  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]
     return top
