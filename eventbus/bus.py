@@ -7,6 +7,8 @@ notifier what moved, so long polls wake at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
@@ -14,6 +16,9 @@ from eventbus.interfaces import IDatabase, IEvents, IStreams
 from eventbus.notify import ChangeNotifier
 from eventbus.records import RETRY, UNPROCESSED, Marked, Written
 from eventbus.storage import queries as q
+
+#: Which streams' events a caller may touch (None: all of them).
+Visible = Callable[[str], bool] | None
 
 
 @implementer(IStreams)
@@ -79,13 +84,17 @@ class Events:
     def wait(self, stream_name: str, since: int, timeout: float) -> Deferred:
         return self.notifier.wait(stream_name, since, timeout)
 
-    def mark_one(self, event_id: str, status: int, lease_id: str | None, now: int) -> Deferred:
-        d = self.db.write(q.mark_event_txn, event_id, status, lease_id, now)
+    def mark_one(
+        self, event_id: str, status: int, lease_id: str | None, now: int, visible: Visible = None
+    ) -> Deferred:
+        d = self.db.write(q.mark_event_txn, event_id, status, lease_id, now, visible)
         d.addCallback(self._marked, status)
         return d
 
-    def mark(self, event_ids: list[str], status: int, lease_id: str | None, now: int) -> Deferred:
-        d = self.db.write(q.mark_events_txn, event_ids, status, lease_id, now)
+    def mark(
+        self, event_ids: list[str], status: int, lease_id: str | None, now: int, visible: Visible = None
+    ) -> Deferred:
+        d = self.db.write(q.mark_events_txn, event_ids, status, lease_id, now, visible)
         d.addCallback(self._marked, status)
         return d
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from eventbus import secrets
+
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_DATABASE = "sqlite:///eventbus.db"
 RETENTION_DAYS = 30  # as in the original: events expire 720 hours after creation
@@ -53,6 +55,12 @@ class ServerConfig:
     max_pending_requests: int = 1000
     readers: int = 4
     housekeeping_interval_seconds: float = 1.0
+    #: How long a write waits for a database lock held by another process
+    #: before it is answered ``unavailable``.
+    busy_timeout_seconds: float = 5.0
+    #: Repeated auth failures from one address are answered later and later,
+    #: up to this long (see eventbus.auth.FailureThrottle).
+    auth_failure_max_delay_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,11 @@ def _parse_auth(auth: Any) -> tuple[ClientConfig, ...]:
             raise ConfigError(f"{where}.client_id must be a non-empty string")
         if not isinstance(secret, str) or not secret:
             raise ConfigError(f"{where}.client_secret must be a non-empty string")
+        if secrets.is_hashed(secret):
+            try:
+                secrets.parse(secret)
+            except ValueError as e:
+                raise ConfigError(f"{where}.client_secret: {e}") from None
         if client_id in seen:
             raise ConfigError(f"{where}.client_id {client_id!r} is used by another client")
         seen.add(client_id)

@@ -65,13 +65,15 @@ class IEvents(Interface):
         ``since`` (at once if it already has), False when ``timeout`` seconds
         pass first or the server is shutting down. Cancellable."""
 
-    def mark_one(event_id, status, lease_id, now):
+    def mark_one(event_id, status, lease_id, now, visible=None):
         """Deferred[Marked] for one event; fails with ``event_not_found`` or
-        ``lease_lost`` (``mark_event``)."""
+        ``lease_lost`` (``mark_event``). ``visible(stream_name)``, when
+        given, says which streams' events the caller may mark; the others
+        are not found for it."""
 
-    def mark(event_ids, status, lease_id, now):
+    def mark(event_ids, status, lease_id, now, visible=None):
         """Deferred[Marked]: unknown ids and lost leases are reported, not
-        errors (``mark_events``)."""
+        errors (``mark_events``); ``visible`` as for :meth:`mark_one`."""
 
     def stop_waiting():
         """Shutting down: end every long poll now, and every later one at once."""

@@ -306,13 +306,20 @@ async def _long_poll(ctx: Context, args: dict[str, Any], status: int, wait: floa
         now = now_us(ctx.reactor)
 
 
+def _visible(ctx: Context) -> Callable[[str], bool] | None:
+    """Marks name events, not streams: a client limited to some streams may
+    mark only their events (PROTOCOL.md 7.8); the others are not found."""
+    client = ctx.client
+    return None if client is None or not client.limited_streams else client.may_see
+
+
 def _mark_event(ctx: Context, args: dict[str, Any]) -> Deferred:
-    d = ctx.events.mark_one(args["event_id"], args["status"], args.get("lease_id"), ctx.now)
+    d = ctx.events.mark_one(args["event_id"], args["status"], args.get("lease_id"), ctx.now, _visible(ctx))
     return d.addCallback(lambda _: None)
 
 
 def _mark_events(ctx: Context, args: dict[str, Any]) -> Deferred:
-    d = ctx.events.mark(args["event_ids"], args["status"], args.get("lease_id"), ctx.now)
+    d = ctx.events.mark(args["event_ids"], args["status"], args.get("lease_id"), ctx.now, _visible(ctx))
     return d.addCallback(
         lambda m: {"marked": m.marked, "not_found": m.not_found, "lease_lost": m.lease_lost}
     )

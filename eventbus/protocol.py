@@ -18,16 +18,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
 
 from eventbus import errors
+from eventbus.auth import FailureThrottle
 from eventbus.operations import Dispatcher, Request, error_line
 
 # Pause reasons: a paused connection reads nothing until all are gone.
 _OUTPUT, _PENDING, _SHUTDOWN = "output", "pending", "shutdown"
+# Closing (line_too_long, exit): nothing more will be read, so read nothing.
+_CLOSING = "closing"
+# An auth failure's answer is being delayed: read nothing more until it is sent.
+_THROTTLED = "throttled"
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,11 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self._pauses: set[str] = set()
         self._closing = False
         self._lost = False
+        self._peer = "?"
+        self._abort_call: IDelayedCall | None = None
+        self._delayed: set[IDelayedCall] = set()
+        # TimeoutMixin's clock: the factory's reactor (a Clock in unit tests).
+        self.callLater = factory.reactor.callLater
 
     # -- connection life -----------------------------------------------------
 
@@ -78,17 +90,25 @@ class BusProtocol(LineReceiver, TimeoutMixin):
             self.transport.loseConnection()
             return
         self.factory.connections.add(self)
+        peer = self.transport.getPeer()
+        self._peer = str(getattr(peer, "host", peer))
         self.transport.registerProducer(self, True)
         self.setTimeout(self.limits.idle_timeout_seconds)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._lost = True
         self.setTimeout(None)
-        self.factory.connections.discard(self)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        for call in list(self._delayed):
+            call.cancel()
+            self.factory.request_done()
+        self._delayed.clear()
         for d in list(self._inflight):
             d.cancel()
         self._slots.clear()
         self._blocked.clear()
+        self.factory.forget(self)
 
     def timeoutConnection(self) -> None:
         if self._slots:
@@ -98,20 +118,42 @@ class BusProtocol(LineReceiver, TimeoutMixin):
             return
         self.close()
 
-    def close(self) -> None:
-        """Close politely; abort if the peer does not let us finish."""
+    def close(self, abort_if_blocked: bool = True) -> None:
+        """Close politely; abort if the peer does not let us finish.
+
+        With ``abort_if_blocked``, a peer that is not reading what we already
+        sent (the transport has paused us) is aborted at once; otherwise it
+        gets ``abort_after_seconds`` to read it.
+        """
         self._closing = True
-        if _OUTPUT in self._pauses:
+        if self._lost:
+            return
+        if abort_if_blocked and _OUTPUT in self._pauses:
             self.transport.abortConnection()
             return
+        if self._abort_call is not None:
+            return
+        # Read again (whatever arrives is dropped): TLS must read the peer's
+        # close_notify to finish closing. A TCP transport reads no more anyway.
+        if self._pauses:
+            self._pauses.clear()
+            LineReceiver.resumeProducing(self)
         self.transport.loseConnection()
-        self.factory.reactor.callLater(self.limits.abort_after_seconds, self._abort_if_open)
+        self._abort_call = self.callLater(self.limits.abort_after_seconds, self._abort_if_open)
 
     def _abort_if_open(self) -> None:
         if not self._lost:
             self.transport.abortConnection()
 
     # -- input ---------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            # Nothing more will be answered, so nothing more is kept (a TLS
+            # transport goes on delivering while it waits for close_notify).
+            self.clearLineBuffer()
+            return
+        LineReceiver.dataReceived(self, data)
 
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
@@ -121,14 +163,23 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         if not line.strip():
             return
         self.resetTimeout()
-        request = self.dispatcher.prepare(line)
+        try:
+            request = self.dispatcher.prepare(line)
+        except Exception:
+            self.log.failure("request could not be prepared")
+            request = _unavailable("decode_request")
         slot = _Slot(request.closes)
         self._slots.append(slot)
         if request.closes:
             self._closing = True
+            self._pause(_CLOSING)
         if request.lane is None:
-            slot.line = request.run()
-            self._flush()
+            delay = self._auth_delay(request)
+            if delay > 0:
+                self._answer_later(slot, request.run(), delay)
+            else:
+                slot.line = request.run()
+                self._flush()
         elif not self._blocked and (self._running == 0 or request.lane == self._lane):
             self._start(slot, request)
         else:
@@ -144,7 +195,38 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         slot.line = error_line("decode_request", errors.line_too_long(self.MAX_LENGTH))
         self._slots.append(slot)
         self._closing = True
+        # Whatever else the peer sends is dropped: stop reading it at all.
+        self._pause(_CLOSING)
         self._flush()
+
+    # -- slowing down auth failures ------------------------------------------
+
+    def _auth_delay(self, request: Request) -> float:
+        throttle = self.factory.throttle
+        if request.code != "unauthorized" or throttle is None:
+            return 0.0
+        delay = throttle.failed(self._peer)
+        if delay > 0:
+            self.log.info(
+                "auth failure from {peer}: answer delayed {delay:.1f}s", peer=self._peer, delay=delay
+            )
+        return delay
+
+    def _answer_later(self, slot: _Slot, line: bytes, delay: float) -> None:
+        """Hold an answer for ``delay`` seconds without holding anyone else."""
+        self._pause(_THROTTLED)
+        self.factory.inflight += 1
+
+        def answer() -> None:
+            self._delayed.discard(call)
+            self.factory.request_done()
+            slot.line = line
+            if not self._delayed:
+                self._resume(_THROTTLED)
+            self._flush()
+
+        call = self.callLater(delay, answer)
+        self._delayed.add(call)
 
     # -- running requests in lanes ---------------------------------------------
 
@@ -152,24 +234,30 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self._running += 1
         self._lane = request.lane
         self.factory.inflight += 1
-        result = request.run()
+        try:
+            result = request.run()
+        except Exception:
+            self.log.failure("operation {operation} failed", operation=request.operation)
+            result = _unavailable_line(request.operation)
         if isinstance(result, bytes):
             self._finished(result, slot, None)
             return
         self._inflight.add(result)
+        # Whatever went wrong below, the request is answered.
+        result.addErrback(_crashed, request.operation)
         result.addCallback(self._finished, slot, result)
 
     def _finished(self, line: bytes, slot: _Slot, d: Deferred | None) -> None:
-        self.factory.request_done()
         if d is not None:
             self._inflight.discard(d)
-        if self._lost:
-            return
-        slot.line = line
-        self._running -= 1
-        while self._blocked and (self._running == 0 or self._blocked[0][1].lane == self._lane):
-            self._start(*self._blocked.popleft())
-        self._flush()
+        if not self._lost:
+            slot.line = line
+            self._running -= 1
+            while self._blocked and (self._running == 0 or self._blocked[0][1].lane == self._lane):
+                self._start(*self._blocked.popleft())
+            self._flush()
+        # Last, so a shutdown waiting for the drain counts the requests just started.
+        self.factory.request_done()
 
     # -- output --------------------------------------------------------------------
 
@@ -185,6 +273,8 @@ class BusProtocol(LineReceiver, TimeoutMixin):
                 break
         if out and not self._lost:
             self.transport.writeSequence(out)
+            # Answering is activity: the idle clock starts again from here.
+            self.resetTimeout()
         if close:
             self._slots.clear()
             self._blocked.clear()
@@ -225,13 +315,21 @@ class BusProtocol(LineReceiver, TimeoutMixin):
 class BusFactory(Factory):
     """Shared state of all connections: the dispatcher, limits, counts."""
 
-    def __init__(self, dispatcher: Dispatcher, limits: Limits, reactor: Any) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        limits: Limits,
+        reactor: Any,
+        throttle: FailureThrottle | None = None,
+    ) -> None:
         self.dispatcher = dispatcher
         self.limits = limits
         self.reactor = reactor
+        self.throttle = throttle
         self.connections: set[BusProtocol] = set()
         self.inflight = 0
         self._drained: list[Deferred] = []
+        self._closed: list[Deferred] = []
 
     def buildProtocol(self, addr: Any) -> BusProtocol:
         return BusProtocol(self)
@@ -250,3 +348,34 @@ class BusFactory(Factory):
         d: Deferred = Deferred()
         self._drained.append(d)
         return d
+
+    def forget(self, connection: BusProtocol) -> None:
+        """A connection is gone."""
+        self.connections.discard(connection)
+        if not self.connections and self._closed:
+            waiting, self._closed = self._closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def all_closed(self) -> Deferred:
+        """Fires when no connection is open."""
+        if not self.connections:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._closed.append(d)
+        return d
+
+
+def _unavailable_line(operation: str) -> bytes:
+    return error_line(operation, errors.unavailable())
+
+
+def _unavailable(operation: str) -> Request:
+    line = _unavailable_line(operation)
+    return Request(operation, None, False, lambda: line, "unavailable")
+
+
+def _crashed(failure: Failure, operation: str) -> bytes:
+    """The last errback of every request: a bug below is logged and answered."""
+    BusProtocol.log.failure("operation {operation} failed", failure, operation=operation)
+    return _unavailable_line(operation)

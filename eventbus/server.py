@@ -18,7 +18,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from eventbus.admin import AdminService
-from eventbus.auth import Authenticator
+from eventbus.auth import Authenticator, FailureThrottle
 from eventbus.bus import Events, Streams
 from eventbus.config import Config
 from eventbus.housekeeping import Housekeeping
@@ -65,8 +65,19 @@ class Connections(Service):
             self.log.warn("shutdown: gave up waiting for {n} requests", n=self.factory.inflight)
         if timer.active():
             timer.cancel()
+        # Answers written are still in the transports' buffers: close
+        # politely and wait until they are sent (or, for a peer that does not
+        # read them, until the abort deadline of each connection).
+        closed = self.factory.all_closed()
         for conn in list(self.factory.connections):
-            conn.close()
+            conn.close(abort_if_blocked=False)
+        timer = self.reactor.callLater(self.factory.limits.abort_after_seconds + 1, closed.cancel)
+        try:
+            yield closed
+        except Exception:
+            self.log.warn("shutdown: {n} connections would not close", n=len(self.factory.connections))
+        if timer.active():
+            timer.cancel()
         self.log.info("shutdown: all requests answered")
 
 
@@ -76,7 +87,8 @@ def build_service(config: Config, reactor: Any, admin: str | None = None) -> Eve
     top = EventBusService()
     # With the admin listener on, the layers are wrapped to feed its metrics.
     metrics = Metrics() if admin else None
-    db = Database(server.database, reactor, readers=server.readers)
+    busy_ms = int(server.busy_timeout_seconds * 1000)
+    db = Database(server.database, reactor, readers=server.readers, busy_timeout_ms=busy_ms)
     notifier = ChangeNotifier(reactor)
     store = MeteredDatabase(db, metrics) if metrics else db
     streams = Streams(store, notifier)
@@ -91,7 +103,8 @@ def build_service(config: Config, reactor: Any, admin: str | None = None) -> Eve
         idle_timeout_seconds=server.idle_timeout_seconds,
         max_connections=server.max_connections,
     )
-    factory = BusFactory(dispatcher, limits, reactor)
+    throttle = FailureThrottle(reactor, cap=server.auth_failure_max_delay_seconds)
+    factory = BusFactory(dispatcher, limits, reactor, throttle)
     db.setServiceParent(top)
     if db.dialect == "postgresql":
         # Several nodes may share the database: their changes wake our polls.

@@ -165,10 +165,14 @@ class FakeEvents:
     def wait(self, stream_name: str, since: int, timeout: float) -> Deferred:
         return succeed(False)
 
-    def mark_one(self, event_id: str, status: int, lease_id: str | None, now: int) -> Deferred:
+    def mark_one(
+        self, event_id: str, status: int, lease_id: str | None, now: int, visible: Any = None
+    ) -> Deferred:
         return fail(errors.event_not_found(event_id))
 
-    def mark(self, event_ids: list[str], status: int, lease_id: str | None, now: int) -> Deferred:
+    def mark(
+        self, event_ids: list[str], status: int, lease_id: str | None, now: int, visible: Any = None
+    ) -> Deferred:
         return succeed(Marked(0, event_ids, [], []))
 
     def stop_waiting(self) -> None:

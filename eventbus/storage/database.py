@@ -21,7 +21,7 @@ from zope.interface import implementer
 from eventbus import errors
 from eventbus.interfaces import IDatabase
 from eventbus.storage import migrate
-from eventbus.storage.engines import make_engine
+from eventbus.storage.engines import BUSY_TIMEOUT_MS, make_engine
 from eventbus.storage.writer import GroupCommitWriter
 
 
@@ -29,10 +29,14 @@ from eventbus.storage.writer import GroupCommitWriter
 class Database(Service):
     log = Logger()
 
-    def __init__(self, url: str, reactor: Any, readers: int = 4) -> None:
+    def __init__(
+        self, url: str, reactor: Any, readers: int = 4, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+    ) -> None:
         self.url = url
         self.reactor = reactor
         self.readers = readers
+        #: How long a transaction waits for a lock another process holds.
+        self.busy_timeout_ms = busy_timeout_ms
         self.writer: GroupCommitWriter | None = None
         self._pool: ThreadPool | None = None
         self._engines: list[sa.Engine] = []
@@ -45,8 +49,9 @@ class Database(Service):
         # Start-up, before any listener accepts: migrating here, blocking, is
         # what makes the server refuse to start on a schema it cannot use.
         migrate.upgrade(self.url)
-        writer_engine = make_engine(self.url, role="writer", pool_size=1)
-        reader_engine = make_engine(self.url, role="reader", pool_size=self.readers)
+        busy = self.busy_timeout_ms
+        writer_engine = make_engine(self.url, role="writer", pool_size=1, busy_timeout_ms=busy)
+        reader_engine = make_engine(self.url, role="reader", pool_size=self.readers, busy_timeout_ms=busy)
         self._engines = [writer_engine, reader_engine]
         self._reader_engine = reader_engine
         self.writer = GroupCommitWriter(writer_engine, self.reactor)

@@ -55,8 +55,14 @@ def pg_connect_args(url: URL, role: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS)
     return {k: v for k, v in args.items() if k not in url.query}
 
 
-def make_engine(url: str | URL, *, role: str, pool_size: int = 1) -> sa.Engine:
-    """An engine for ``role`` "writer" or "reader" (or "admin" for migrations)."""
+def make_engine(
+    url: str | URL, *, role: str, pool_size: int = 1, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+) -> sa.Engine:
+    """An engine for ``role`` "writer" or "reader" (or "admin" for migrations).
+
+    ``hide_parameters``: a failing statement's error (logged with its
+    traceback) must not carry event bodies or other client data.
+    """
     url = make_url(url)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")  # psycopg 3, not SQLAlchemy's default psycopg2
@@ -67,7 +73,8 @@ def make_engine(url: str | URL, *, role: str, pool_size: int = 1) -> sa.Engine:
             max_overflow=0,
             pool_pre_ping=True,
             isolation_level="READ COMMITTED",
-            connect_args=pg_connect_args(url, role),
+            hide_parameters=True,
+            connect_args=pg_connect_args(url, role, busy_timeout_ms),
         )
 
         @sa.event.listens_for(engine, "begin")
@@ -80,9 +87,10 @@ def make_engine(url: str | URL, *, role: str, pool_size: int = 1) -> sa.Engine:
         url,
         pool_size=pool_size,
         max_overflow=0,
+        hide_parameters=True,
         connect_args={
             "check_same_thread": False,
-            "timeout": BUSY_TIMEOUT_MS / 1000,
+            "timeout": busy_timeout_ms / 1000,
             # We issue BEGIN ourselves (below); pysqlite's own implicit
             # transactions would otherwise defer and reorder it.
             "isolation_level": None,
@@ -97,7 +105,7 @@ def make_engine(url: str | URL, *, role: str, pool_size: int = 1) -> sa.Engine:
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=FULL",
             "PRAGMA foreign_keys=ON",
-            f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+            f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
             "PRAGMA journal_size_limit=67108864",
             "PRAGMA cache_size=-65536",
         ):

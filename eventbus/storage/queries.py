@@ -7,7 +7,7 @@ They take and return plain values (:mod:`eventbus.records`). Writes raise
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -388,9 +388,18 @@ def _dead_letter(conn: sa.Connection, rows: Sequence[Any]) -> None:
 
 
 def mark_events_txn(
-    conn: sa.Connection, ids: list[str], status: int, lease_id: str | None, now: int
+    conn: sa.Connection,
+    ids: list[str],
+    status: int,
+    lease_id: str | None,
+    now: int,
+    visible: Callable[[str], bool] | None = None,
 ) -> Marked:
-    """Set ``status`` on events by id; with ``lease_id``, only under that lease."""
+    """Set ``status`` on events by id; with ``lease_id``, only under that lease.
+
+    With ``visible`` (a client limited to some streams, PROTOCOL.md 7.8),
+    events of the streams it rejects are left alone and reported not found.
+    """
     query = (
         sa.select(
             events.c.id,
@@ -410,6 +419,8 @@ def mark_events_txn(
         # are the current ones.
         query = query.order_by(events.c.seq).with_for_update(of=events)
     rows = conn.execute(query).all()
+    if visible is not None:
+        rows = [row for row in rows if visible(row.name)]
     found = {row.id: row for row in rows}
     not_found = [i for i in dict.fromkeys(ids) if i not in found]
     lost: list[str] = []
@@ -434,9 +445,16 @@ def mark_events_txn(
     return Marked(len(chosen), not_found, lost, names)
 
 
-def mark_event_txn(conn: sa.Connection, event_id: str, status: int, lease_id: str | None, now: int) -> Marked:
+def mark_event_txn(
+    conn: sa.Connection,
+    event_id: str,
+    status: int,
+    lease_id: str | None,
+    now: int,
+    visible: Callable[[str], bool] | None = None,
+) -> Marked:
     """Mark one event: ``event_not_found`` and ``lease_lost`` are errors here."""
-    marked = mark_events_txn(conn, [event_id], status, lease_id, now)
+    marked = mark_events_txn(conn, [event_id], status, lease_id, now, visible)
     if marked.not_found:
         raise errors.event_not_found(event_id)
     if marked.lease_lost:

@@ -121,7 +121,14 @@ class GroupCommitWriter:
 
     def _run_batch(self, conn: sa.Connection, jobs: list[_Job]) -> list[Any]:
         try:
-            with conn.begin():
+            txn = conn.begin()
+        except Exception:
+            # No transaction at all (the database is locked by another
+            # process past the busy timeout, or failing): nothing ran, and
+            # trying each job alone would only wait that long for each.
+            return [self._fault()] + [Failure(_unavailable()) for _ in jobs[1:]]
+        try:
+            with txn:
                 return _run_jobs(conn, jobs)
         except Exception:
             if len(jobs) == 1:
