@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
 from eventbus import errors
@@ -49,6 +50,14 @@ _EVENT_COLS = (
 )
 _SELECT_STREAM = sa.select(*_STREAM_COLS).where(streams.c.name == sa.bindparam("name"))
 _INSERT_EVENTS = sa.insert(events).returning(events.c.seq, sort_by_parameter_order=True)
+# SQLite's fast path (_insert_events): the statement compiled once, from the model.
+_ROW_COLS = ("seq", "id", "stream_sid", "status", "created_at", "body", "deliveries", "idem_key")
+_INSERT_ROWS = sa.insert(events).values({c: sa.bindparam(c) for c in _ROW_COLS}).compile(
+    dialect=sqlite.dialect()
+)
+assert tuple(_INSERT_ROWS.positiontup or ()) == _ROW_COLS, "rows are passed to the driver in this order"
+_INSERT_ROWS_SQL = str(_INSERT_ROWS)
+_MAX_SEQ_SQL = str(sa.select(sa.func.max(events.c.seq)).compile(dialect=sqlite.dialect()))
 _US = 1_000_000
 _STATUSES = (UNPROCESSED, PROCESSED, RETRY, DEAD)
 _ADD_COUNT = (
@@ -206,8 +215,8 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
     found = conn.execute(query).all()
     by_name = {row.name: Stream(*row) for row in found}
     results: list[Any] = [None] * len(jobs)
-    params: list[dict[str, Any]] = []
-    spans: list[tuple[int, int, int]] = []  # (job index, first param, count)
+    rows: list[tuple] = []  # (id, stream_sid, created_at, body, idem_key)
+    spans: list[tuple[int, int, int]] = []  # (job index, first row, count)
     first_with_key: dict[tuple[int, str], int] = {}
     for i, (name, bodies, now, key) in enumerate(jobs):
         stream = by_name.get(name)
@@ -225,21 +234,10 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
                 continue
             first_with_key[(stream.sid, key)] = i
         sid = stream.sid
-        spans.append((i, len(params), len(bodies)))
-        for body in bodies:
-            params.append(
-                {
-                    "id": uuid7(now),
-                    "stream_sid": sid,
-                    "status": UNPROCESSED,
-                    "created_at": now,
-                    "body": body,
-                    "deliveries": 0,
-                    "idem_key": key,
-                }
-            )
-    if params:
-        seqs = conn.execute(_INSERT_EVENTS, params).scalars().all()
+        spans.append((i, len(rows), len(bodies)))
+        rows.extend([(uuid7(now), sid, now, body, key) for body in bodies])
+    if rows:
+        seqs = _insert_events(conn, rows)
         added: dict[tuple[int, int], int] = {}
         for i, start, count in spans:
             key_ = (by_name[jobs[i][0]].sid, UNPROCESSED)
@@ -250,8 +248,8 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
             stream_id = by_name[jobs[i][0]].id
             results[i] = Written(
                 [
-                    Event(seqs[k], p["id"], stream_id, UNPROCESSED, p["created_at"], p["body"], 0, None, None)
-                    for k, p in zip(range(start, start + count), params[start : start + count])
+                    Event(seqs[k], r[0], stream_id, UNPROCESSED, r[2], r[3], 0, None, None)
+                    for k, r in zip(range(start, start + count), rows[start : start + count])
                 ],
                 False,
             )
@@ -262,6 +260,34 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
 
 
 write_events_txn.batched = _write_events_batch  # type: ignore[attr-defined]
+
+
+def _insert_events(conn: sa.Connection, rows: list[tuple]) -> Sequence[int]:
+    """Insert events given as (id, stream_sid, created_at, body, idem_key); their seqs, in order.
+
+    SQLite: the writer holds the write lock (BEGIN IMMEDIATE), so it
+    allocates seq itself, max + 1 onwards as SQLite itself would (the key is
+    not AUTOINCREMENT), and the driver inserts all rows in one executemany
+    of a statement compiled once: no RETURNING, no SQLAlchemy work per row.
+    Other databases: the generic INSERT ... RETURNING, in parameter order.
+    """
+    if conn.dialect.name == "sqlite":
+        cursor = conn.connection.driver_connection.cursor()
+        first = (cursor.execute(_MAX_SEQ_SQL).fetchone()[0] or 0) + 1
+        cursor.executemany(
+            _INSERT_ROWS_SQL,
+            [
+                (first + n, eid, sid, UNPROCESSED, now, body, 0, key)
+                for n, (eid, sid, now, body, key) in enumerate(rows)
+            ],
+        )
+        return range(first, first + len(rows))
+    params = [
+        {"id": eid, "stream_sid": sid, "status": UNPROCESSED, "created_at": now, "body": body,
+         "deliveries": 0, "idem_key": key}
+        for eid, sid, now, body, key in rows
+    ]
+    return conn.execute(_INSERT_EVENTS, params).scalars().all()
 
 
 def _live_keyed_event(conn: sa.Connection, stream: Stream, key: str, now: int) -> Event | None:
