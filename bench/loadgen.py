@@ -25,7 +25,8 @@ class Load:
     connections: int
     inflight: int
     seconds: float
-    responses: int
+    responses: int  # answered in the measured window
+    sent: int  # requests sent in all, warm-up included (all answered, unless it failed)
     errors: int
     rate: float  # responses per second
     p50_us: float
@@ -82,6 +83,7 @@ def run(
         inflight=out["inflight"],
         seconds=out["seconds"],
         responses=out["responses"],
+        sent=out["sent"],
         errors=out["errors"],
         rate=out["rate"],
         p50_us=out["p50_us"],

@@ -38,7 +38,8 @@ ROW_ORDER = (
     ("rss", "rss idle+64x1"),
 )
 HEADERS = [
-    "Scenario", "Target", "Req/s", "Events/s", "p50 ms", "p99 ms", "vs echo", "vs Redis", "RSS MB", "Notes",
+    "Scenario", "Target", "Req/s", "Events/s", "p50 ms", "p99 ms", "vs echo", "vs Redis", "CPU us/req",
+    "RSS MB", "Notes",
 ]
 
 
@@ -93,10 +94,11 @@ def results_table(results: Results) -> Table:
                 _ms(s.p99_us),
                 "1.00" if target == ECHO else _n(s.vs_echo, ".2f"),
                 _n(s.vs_redis, ".2f") if target == EVENTBUS else "",
+                _n(s.cpu_us, ",.1f"),
                 _n(s.rss_mb),
                 _notes(s, results),
             ])
-    return Table(HEADERS, rows, right=frozenset({2, 3, 4, 5, 6, 7, 8}))
+    return Table(HEADERS, rows, right=frozenset({2, 3, 4, 5, 6, 7, 8, 9}))
 
 
 def targets_table(checks: list[Check]) -> Table:
@@ -119,7 +121,8 @@ EXPLAIN = (
     "Medians over the interleaved rounds; 'vs echo' and 'vs Redis' are medians of per-round ratios "
     "(each pair measured back to back). Rates are requests (round trips) per second and events per "
     "second; write_events carries 100 events per request, consume counts events leased and marked. "
-    "Latencies are per request, measured by the load generator."
+    "Latencies are per request, measured by the load generator. CPU us/req is the server process's "
+    "CPU time (user + system, all threads) per request: far less disturbed by a busy machine than rates."
 )
 
 

@@ -24,6 +24,7 @@ class Sample:
     p99_us: float | None = None
     rss_mb: float | None = None
     errors: int = 0
+    cpu_us: float | None = None  # server CPU time per request (user + system)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -40,6 +41,7 @@ class Summary:
     p99_us: float | None
     rss_mb: float | None
     errors: int
+    cpu_us: float | None
     vs_echo: float | None = None  # median of per-round ratios (latency: p50 ratio)
     vs_redis: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -95,6 +97,7 @@ class Results:
             p99_us=median([s.p99_us for s in samples]),
             rss_mb=median([s.rss_mb for s in samples]),
             errors=sum(s.errors for s in samples),
+            cpu_us=median([s.cpu_us for s in samples]),
             vs_echo=None if target == ECHO else self.paired_ratio(scenario, target, ECHO, attr),
             vs_redis=None if target != EVENTBUS else self.paired_ratio(scenario, target, REDIS, attr),
             extra=extra,

@@ -88,19 +88,23 @@ class Runner:
         else:
             per_request = batch or 1
             request = self._request(target, batch)
+        cpu = server.cpu_seconds()
         load = loadgen.run(
             server.port, request, connections, inflight,
             duration or self.settings.duration, self.settings.warmup, resp=resp,
         )
+        cpu = server.cpu_seconds() - cpu
         sample = Sample(
             scenario, target, round_, load.rate, load.rate * per_request,
             load.p50_us, load.p99_us, server.rss_mb(), load.errors,
+            cpu_us=cpu * 1e6 / load.sent if load.sent else None,
         )
         if load.errors:
             sample.extra["first_error"] = load.first_error
         self.say(
             f"  {scenario:<12} {target:<15} {sample.events_per_s:>11,.0f} ev/s  "
-            f"p50 {load.p50_us / 1000:7.2f} ms  p99 {load.p99_us / 1000:7.2f} ms"
+            f"p50 {load.p50_us / 1000:7.2f} ms  p99 {load.p99_us / 1000:7.2f} ms  "
+            f"cpu {sample.cpu_us or 0:6.1f} us/req"
             + (f"  ERRORS {load.errors}: {load.first_error[:80]}" if load.errors else "")
         )
         return self.results.add(sample)
@@ -159,14 +163,20 @@ class Runner:
             name = f"consume-{round_}"
             if target == EVENTBUS:
                 consumers.fill_eventbus(server.port, name, count)
+                cpu = server.cpu_seconds()
                 got = consumers.consume_eventbus(server.port, name, s.consumers, s.duration)
             else:
                 consumers.fill_redis(server.port, name, count)
+                cpu = server.cpu_seconds()
                 got = consumers.consume_redis(server.port, name, s.consumers, s.duration)
+            cpu = server.cpu_seconds() - cpu
+            if target == REDIS:
                 consumers.drop_redis_key(server.port, name)
+            requests = len(got.fetch_us) + len(got.ack_us)
             sample = Sample(
-                "consume", target, round_, got.rate * 2 / consumers.PAGE, got.rate,
+                "consume", target, round_, requests / got.seconds if got.seconds else 0.0, got.rate,
                 got.fetch_p(0.5), got.fetch_p(0.99), server.rss_mb(), got.errors,
+                cpu_us=cpu * 1e6 / requests if requests else None,
                 extra={"filled": count, "drained": got.seconds < s.duration * 0.99},
             )
             if got.errors:
@@ -203,10 +213,13 @@ class Runner:
             for round_ in range(s.rounds):
                 for label in self._order(round_, list(pair)):
                     server = pair[label]
+                    cpu = server.cpu_seconds()
                     load = loadgen.run(server.port, request, 64, 1, s.duration, s.warmup)
+                    cpu = server.cpu_seconds() - cpu
                     self.results.add(
                         Sample("depth-write", label, round_, load.rate, load.rate,
-                               load.p50_us, load.p99_us, server.rss_mb(), load.errors)
+                               load.p50_us, load.p99_us, server.rss_mb(), load.errors,
+                               cpu_us=cpu * 1e6 / load.sent if load.sent else None)
                     )
                     self.say(f"  {'depth-write':<12} {label:<15} {load.rate:>11,.0f} ev/s")
             # The empty database now holds what the writes above wrote.

@@ -46,6 +46,16 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class Server:
     """A server subprocess: its name, port, pid and log."""
 
@@ -65,6 +75,9 @@ class Server:
 
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
 
     def _spawn(self, argv: list[str], cwd: Path) -> None:
         with open(self.log_path, "ab") as log:
