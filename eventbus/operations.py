@@ -108,8 +108,9 @@ def _wait_seconds(value: Any) -> float:
 
 def _string(name: str, max_length: int) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
-        if not isinstance(value, str) or not 1 <= len(value) <= max_length:
-            raise errors.invalid_field(f"{name} must be a string of 1 to {max_length} characters")
+        # NUL: PostgreSQL text cannot hold it, so no backend accepts it.
+        if not isinstance(value, str) or not 1 <= len(value) <= max_length or "\x00" in value:
+            raise errors.invalid_field(f"{name} must be a string of 1 to {max_length} characters, without NUL")
         return value
 
     return parse

@@ -93,3 +93,10 @@ def test_integer_beyond_64_bits_is_refused_not_rounded(client: LineClient, strea
     client.call("write_event", {"stream_name": stream_name, "event": {"n": "1" * 40}})
     stored = client.call("get_stream_events", {"stream_name": stream_name})["events"]
     assert [e["body"] for e in stored] == [{"n": "1" * 40}]
+
+
+def test_key_with_nul_is_refused_on_every_backend(client: LineClient, stream_name: str) -> None:
+    client.call("create_stream", {"stream_name": stream_name})
+    response = client.request("write_event", {"stream_name": stream_name, "event": 1, "key": "a\x00b"})
+    assert response["code"] == "invalid_field" and "key" in response["reason"]
+    assert client.call("get_stream_events", {"stream_name": stream_name})["events"] == []
