@@ -18,9 +18,11 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from eventbus import errors, secrets
@@ -103,11 +105,27 @@ def _dummy_for(clients: list[Client]) -> _Plain | _Hashed:
 
 @implementer(IAuthenticator)
 class Authenticator:
-    def __init__(self, clients: tuple[ClientConfig, ...], cache_size: int = VERIFIED_CACHE_SIZE) -> None:
+    log = Logger()
+
+    def __init__(
+        self,
+        clients: tuple[ClientConfig, ...],
+        cache_size: int = VERIFIED_CACHE_SIZE,
+        operations: Iterable[str] | None = None,
+    ) -> None:
+        """``operations``: every operation's name, to warn of a client's
+        list naming one that does not exist (it would allow nothing)."""
         self._clients = {c.client_id: Client(c) for c in clients}
         self._dummy = _dummy_for(list(self._clients.values()))
         self._verified: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self._cache_size = cache_size
+        if operations is not None:
+            known = set(operations)
+            for c in clients:
+                unknown = sorted(set(c.operations or ()) - known)
+                if unknown:
+                    names = ", ".join(unknown)
+                    self.log.warn("client {name}: no such operations: {unknown}", name=c.name, unknown=names)
 
     def authenticate(self, auth: Any) -> Client:
         """The client named by ``auth``, or raise ``unauthorized``."""

@@ -53,6 +53,9 @@ class ServerConfig:
     idle_timeout_seconds: int = 300
     max_connections: int = 10_000
     max_pending_requests: int = 1000
+    #: Bytes of request lines a connection may have unanswered before it
+    #: stops being read (requests held behind a long poll, say).
+    max_pending_bytes: int = 64 * 1024 * 1024
     readers: int = 4
     housekeeping_interval_seconds: float = 1.0
     #: How long a write waits for a database lock held by another process

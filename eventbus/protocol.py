@@ -7,8 +7,10 @@ in *lanes* (reads, writes); consecutive requests of one lane run together
 (pipelined writes share one group commit), and a request of the other lane
 waits until those before it are answered, so a client always reads its own
 writes. It stops reading from a client that does not read its responses or
-has too many requests pending, closes idle connections, and refuses
-connections over the limit.
+has too many requests (or bytes of them) pending, holds back the answers to
+repeated auth failures from one address, closes idle connections (aborting
+those that will not close), refuses connections over the limit, and answers
+every line even when something below it fails unexpectedly.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ _THROTTLED = "throttled"
 class Limits:
     max_line_bytes: int = 1024 * 1024
     max_pending_requests: int = 1000
+    max_pending_bytes: int = 64 * 1024 * 1024
     idle_timeout_seconds: float = 300
     max_connections: int = 10_000
     abort_after_seconds: float = 10
@@ -49,11 +52,12 @@ class Limits:
 class _Slot:
     """One request's place in the response order."""
 
-    __slots__ = ("line", "closes")
+    __slots__ = ("line", "closes", "size")
 
-    def __init__(self, closes: bool) -> None:
+    def __init__(self, closes: bool, size: int = 0) -> None:
         self.line: bytes | None = None
         self.closes = closes
+        self.size = size  # of the request line, counted while it is pending
 
 
 class BusProtocol(LineReceiver, TimeoutMixin):
@@ -76,6 +80,8 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self._peer = "?"
         self._abort_call: IDelayedCall | None = None
         self._delayed: set[IDelayedCall] = set()
+        self._producing = False  # registered as the transport's producer
+        self._pending_bytes = 0  # request bytes not yet answered
         # TimeoutMixin's clock: the factory's reactor (a Clock in unit tests).
         self.callLater = factory.reactor.callLater
 
@@ -93,6 +99,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         peer = self.transport.getPeer()
         self._peer = str(getattr(peer, "host", peer))
         self.transport.registerProducer(self, True)
+        self._producing = True
         self.setTimeout(self.limits.idle_timeout_seconds)
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -138,6 +145,10 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         if self._pauses:
             self._pauses.clear()
             LineReceiver.resumeProducing(self)
+        if self._producing:
+            # A TLS transport starts closing only once no producer is registered.
+            self._producing = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._abort_call = self.callLater(self.limits.abort_after_seconds, self._abort_if_open)
 
@@ -168,8 +179,9 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         except Exception:
             self.log.failure("request could not be prepared")
             request = _unavailable("decode_request")
-        slot = _Slot(request.closes)
+        slot = _Slot(request.closes, len(line))
         self._slots.append(slot)
+        self._pending_bytes += slot.size
         if request.closes:
             self._closing = True
             self._pause(_CLOSING)
@@ -184,7 +196,10 @@ class BusProtocol(LineReceiver, TimeoutMixin):
             self._start(slot, request)
         else:
             self._blocked.append((slot, request))
-        if len(self._slots) >= self.limits.max_pending_requests:
+        if (
+            len(self._slots) >= self.limits.max_pending_requests
+            or self._pending_bytes >= self.limits.max_pending_bytes
+        ):
             self._pause(_PENDING)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -219,11 +234,12 @@ class BusProtocol(LineReceiver, TimeoutMixin):
 
         def answer() -> None:
             self._delayed.discard(call)
-            self.factory.request_done()
             slot.line = line
             if not self._delayed:
                 self._resume(_THROTTLED)
             self._flush()
+            # Last, so a shutdown waiting for the drain sees the answer sent.
+            self.factory.request_done()
 
         call = self.callLater(delay, answer)
         self._delayed.add(call)
@@ -267,6 +283,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         slots = self._slots
         while slots and slots[0].line is not None:
             slot = slots.popleft()
+            self._pending_bytes -= slot.size
             out.append(slot.line)
             if slot.closes:
                 close = True
@@ -278,8 +295,13 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         if close:
             self._slots.clear()
             self._blocked.clear()
+            self._pending_bytes = 0
             self.close()
-        elif _PENDING in self._pauses and len(slots) < self.limits.max_pending_requests // 2:
+        elif (
+            _PENDING in self._pauses
+            and len(slots) < self.limits.max_pending_requests // 2
+            and self._pending_bytes < self.limits.max_pending_bytes // 2
+        ):
             self._resume(_PENDING)
 
     # -- flow control ----------------------------------------------------------------

@@ -24,7 +24,7 @@ from eventbus.config import Config
 from eventbus.housekeeping import Housekeeping
 from eventbus.metrics import MeteredDatabase, MeteredDispatcher, MeteredEvents, Metrics
 from eventbus.notify import ChangeNotifier
-from eventbus.operations import Dispatcher
+from eventbus.operations import OPERATIONS, Dispatcher
 from eventbus.protocol import BusFactory, Limits
 from eventbus.storage.database import Database
 
@@ -94,12 +94,14 @@ def build_service(config: Config, reactor: Any, admin: str | None = None) -> Eve
     streams = Streams(store, notifier)
     events = Events(store, notifier)
     served = MeteredEvents(events, metrics) if metrics else events
-    dispatcher = Dispatcher(streams, served, Authenticator(config.clients), reactor, server.max_page)
+    authenticator = Authenticator(config.clients, operations=[op.name for op in OPERATIONS])
+    dispatcher = Dispatcher(streams, served, authenticator, reactor, server.max_page)
     if metrics:
         dispatcher = MeteredDispatcher(dispatcher, metrics)
     limits = Limits(
         max_line_bytes=server.max_line_bytes,
         max_pending_requests=server.max_pending_requests,
+        max_pending_bytes=server.max_pending_bytes,
         idle_timeout_seconds=server.idle_timeout_seconds,
         max_connections=server.max_connections,
     )

@@ -168,6 +168,32 @@ def test_too_many_pending_requests_pause_the_client(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_too_many_pending_bytes_pause_the_client(tmp_path: Path) -> None:
+    server = start(tmp_path, max_pending_bytes=2 * MiB)
+    try:
+        with LineClient(server.port, timeout=30) as c:
+            c.call("create_stream", {"stream_name": "w"})
+            baseline = settle(server)
+            c.send_raw(line("process_events", {"stream_name": "w", "wait_seconds": 3}))
+            # Writes of 100 KB wait behind the long poll: far fewer than
+            # max_pending_requests, but 2 MiB of them is the bound.
+            write = line("write_event", {"stream_name": "w", "event": "z" * 100_000})
+            sent = send_until_stalled(c.sock, write, 200 * MiB, stall_seconds=1.0)
+            assert sent < 50 * MiB, f"server kept reading: {sent} bytes"
+            growth = peak_growth_kib(server, baseline)
+            assert growth < 48 * 1024, f"server peak memory grew by {growth} KiB"
+            whole = sent // len(write)
+            rest = write[: sent % len(write)]
+            if rest:
+                threading.Thread(target=c.sock.sendall, args=(write[len(rest) :],), daemon=True).start()
+                whole += 1
+            assert c.read()["operation"] == "process_events"
+            for _ in range(whole):
+                assert c.read()["status"] is True
+    finally:
+        server.stop()
+
+
 # -- idle connections ----------------------------------------------------------------------
 
 

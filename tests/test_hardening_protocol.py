@@ -57,6 +57,7 @@ def test_line_too_long_answers_and_closes(harness: Harness) -> None:
     assert [r["operation"] for r in out] == ["health", "decode_request"]
     assert out[1]["code"] == "line_too_long" and "1024" in out[1]["reason"]
     assert transport.disconnecting
+    assert transport.producer is None  # a TLS transport closes only without one
     # Whatever still arrives while the transport closes (TLS reads on, for
     # the peer's close_notify) is dropped, not kept.
     for _ in range(100):
@@ -127,6 +128,28 @@ def test_paused_while_too_many_requests_pending_then_resumed(harness: Harness) -
     out = responses(transport)
     assert [r["operation"] for r in out] == ["process_events"] + ["health"] * 30
     assert transport.producerState == "producing"
+
+
+def test_paused_while_too_many_bytes_pending_then_resumed(tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_pending_bytes=4096)
+    try:
+        proto, transport = h.connect()
+        proto.dataReceived(request("create_stream", {"stream_name": "s"}))
+        responses(transport)
+        big = request("write_event", {"stream_name": "s", "event": "e" * 900})
+        proto.dataReceived(long_poll("s", 5) + big * 20)
+        # Writes wait behind the long poll (another lane); about 4 KiB of them
+        # are taken, the rest is left unread.
+        assert transport.producerState == "paused"
+        assert 4 <= len(proto._slots) <= 6
+        h.clock.advance(5)
+        out = responses(transport)
+        assert [r["operation"] for r in out] == ["process_events"] + ["write_event"] * 20
+        assert all(r["status"] for r in out)
+        assert transport.producerState == "producing"
+        assert proto._pending_bytes == 0
+    finally:
+        h.close()
 
 
 def test_paused_while_the_peer_does_not_read(harness: Harness) -> None:

@@ -206,6 +206,26 @@ def test_plain_and_hashed_secrets_side_by_side() -> None:
     assert "secret" not in repr(auth.authenticate(PLAIN))
 
 
+def test_unknown_operation_names_in_a_client_list_are_warned_of() -> None:
+    from twisted.logger import globalLogPublisher
+
+    seen: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_format", "").startswith("client {name}: no such operations"):
+            seen.append(f"{event['name']}: {event['unknown']}")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        Authenticator(
+            (ClientConfig("typo", "t", "s", operations=("write_evnt", "list_streams")),),
+            operations=["write_event", "list_streams"],
+        )
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert seen == ["typo: write_evnt"]
+
+
 # -- over TCP ------------------------------------------------------------------------------------
 
 ACL_CLIENTS = {
@@ -417,6 +437,11 @@ def test_tls(tmp_path: Path) -> None:
                 except OSError:
                     pass  # closed before taking it all: as it should
                 assert json.loads(reader.readline())["code"] == "line_too_long"
+                # Then the server closes politely (close_notify), well before
+                # its 10 s deadline for aborting a connection that will not close.
+                tls.settimeout(5)
+                assert reader.readline() == b""
+                reader.close()
         # A client that does not trust the certificate is refused.
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
             with pytest.raises(ssl.SSLCertVerificationError):
