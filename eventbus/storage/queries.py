@@ -58,6 +58,7 @@ _INSERT_ROWS = sa.insert(events).values({c: sa.bindparam(c) for c in _ROW_COLS})
 assert tuple(_INSERT_ROWS.positiontup or ()) == _ROW_COLS, "rows are passed to the driver in this order"
 _INSERT_ROWS_SQL = str(_INSERT_ROWS)
 _MAX_SEQ_SQL = str(sa.select(sa.func.max(events.c.seq)).compile(dialect=sqlite.dialect()))
+_STREAM_BY_NAME_SQL = str(_SELECT_STREAM.compile(dialect=sqlite.dialect()))
 _US = 1_000_000
 _STATUSES = (UNPROCESSED, PROCESSED, RETRY, DEAD)
 _ADD_COUNT = (
@@ -204,16 +205,20 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
     """
     jobs = [job if len(job) == 4 else (*job, None) for job in jobs]
     names = {job[0] for job in jobs}
-    # FOR NO KEY UPDATE (PostgreSQL; in sid order, so writers never deadlock on it): the
-    # nodes' writers to a stream take turns, so within a stream seq order is
-    # commit order, as with SQLite's single writer, and a reader paging with
-    # after_seq never skips an event committed late; a stream deleted by
-    # another node meanwhile is not found here rather than half-way.
-    query = sa.select(*_STREAM_COLS).where(streams.c.name.in_(names))
-    if _pg(conn):
-        query = query.order_by(streams.c.sid).with_for_update(key_share=True)
-    found = conn.execute(query).all()
-    by_name = {row.name: Stream(*row) for row in found}
+    if conn.dialect.name == "sqlite":
+        # The only writer: a plain lookup, its statement compiled once.
+        found = [row for name in names for row in conn.exec_driver_sql(_STREAM_BY_NAME_SQL, (name,))]
+    else:
+        # FOR NO KEY UPDATE (PostgreSQL; in sid order, so writers never deadlock on it): the
+        # nodes' writers to a stream take turns, so within a stream seq order is
+        # commit order, as with SQLite's single writer, and a reader paging with
+        # after_seq never skips an event committed late; a stream deleted by
+        # another node meanwhile is not found here rather than half-way.
+        query = sa.select(*_STREAM_COLS).where(streams.c.name.in_(names))
+        if _pg(conn):
+            query = query.order_by(streams.c.sid).with_for_update(key_share=True)
+        found = conn.execute(query).all()
+    by_name = {stream.name: stream for stream in (Stream(*row) for row in found)}
     results: list[Any] = [None] * len(jobs)
     rows: list[tuple] = []  # (id, stream_sid, created_at, body, idem_key)
     spans: list[tuple[int, int, int]] = []  # (job index, first row, count)
@@ -239,7 +244,7 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
     if rows:
         seqs = _insert_events(conn, rows)
         added: dict[tuple[int, int], int] = {}
-        for i, start, count in spans:
+        for i, _start, count in spans:
             key_ = (by_name[jobs[i][0]].sid, UNPROCESSED)
             added[key_] = added.get(key_, 0) + count
         _count(conn, added)
@@ -268,13 +273,13 @@ def _insert_events(conn: sa.Connection, rows: list[tuple]) -> Sequence[int]:
     SQLite: the writer holds the write lock (BEGIN IMMEDIATE), so it
     allocates seq itself, max + 1 onwards as SQLite itself would (the key is
     not AUTOINCREMENT), and the driver inserts all rows in one executemany
-    of a statement compiled once: no RETURNING, no SQLAlchemy work per row.
+    of a statement compiled once: no RETURNING, no SQLAlchemy work per row
+    (exec_driver_sql still shows the statements to engine events and logs).
     Other databases: the generic INSERT ... RETURNING, in parameter order.
     """
     if conn.dialect.name == "sqlite":
-        cursor = conn.connection.driver_connection.cursor()
-        first = (cursor.execute(_MAX_SEQ_SQL).fetchone()[0] or 0) + 1
-        cursor.executemany(
+        first = (conn.exec_driver_sql(_MAX_SEQ_SQL).scalar() or 0) + 1
+        conn.exec_driver_sql(
             _INSERT_ROWS_SQL,
             [
                 (first + n, eid, sid, UNPROCESSED, now, body, 0, key)
