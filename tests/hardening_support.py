@@ -10,7 +10,6 @@ calling thread instead of on the writer and reader threads.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -182,7 +181,3 @@ def send_until_stalled(
     finally:
         sock.setblocking(True)
     return sent
-
-
-def database_path(workdir: Path) -> str:
-    return os.fspath(workdir / "eventbus.db")
