@@ -176,6 +176,48 @@ def test_io_error_answers_unavailable_and_recovers(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_failing_database_fails_a_whole_batch_at_once(tmp_path: Path) -> None:
+    """Writes queued behind a lock, then run in one group commit that cannot
+    commit (the file size limit): all answered unavailable, and the failure
+    logged once for the batch, not retried and logged once per write."""
+    server = ServerProcess(tmp_path / "srv", server={"busy_timeout_seconds": 20}).start()
+    pid = server.proc.pid
+    count = 60
+    try:
+        with LineClient(server.port, timeout=30) as c:
+            c.call("create_stream", {"stream_name": "batch"})
+            for n in range(3):
+                write(c, "batch", n)
+            other = sqlite3.connect(db_file(server), timeout=10, isolation_level=None)
+            other.execute("BEGIN EXCLUSIVE")
+            files = [db_file(server), db_file(server) + "-wal", server.log_path]
+            limit = max(os.path.getsize(f) for f in files if os.path.exists(f)) + 64 * 1024
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            try:
+                for n in range(count):
+                    c.send(
+                        {
+                            "operation": "write_event",
+                            "auth": DEFAULT_AUTH,
+                            "body": {"stream_name": "batch", "event": {"n": n, "pad": "w" * 4000}},
+                        }
+                    )
+                time.sleep(1.0)  # all read and queued behind the lock
+                other.rollback()
+                other.close()
+                answers = [c.read() for _ in range(count)]
+            finally:
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            refused = [a for a in answers if not a["status"]]
+            assert all(a["code"] == "unavailable" for a in refused)
+            assert len(refused) >= 10
+            assert wait_for(lambda: write(c, "batch", "after")["status"], timeout=15, interval=0.2)
+        logged = server.log_text().count("write transaction failed")
+        assert 1 <= logged <= 5, f"{logged} failures logged for {len(refused)} refused writes"
+    finally:
+        server.stop()
+
+
 # -- locked by another process -----------------------------------------------------------------
 
 

@@ -130,9 +130,13 @@ class GroupCommitWriter:
         try:
             with txn:
                 return _run_jobs(conn, jobs)
-        except Exception:
+        except Exception as e:
             if len(jobs) == 1:
                 return [self._fault()]
+            if _environmental(e):
+                # The database itself is failing (full, I/O error, locked,
+                # gone): it would fail each job alone too, one traceback each.
+                return [self._fault()] + [Failure(_unavailable()) for _ in jobs[1:]]
         # Something failed that no single job owned up to: run each alone.
         results = []
         for job in jobs:
@@ -146,6 +150,26 @@ class GroupCommitWriter:
     def _fault(self) -> Failure:
         self.log.failure("write transaction failed")
         return Failure(_unavailable())
+
+
+#: SQLite primary result codes of a database that is failing as a whole:
+#: BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+_SQLITE_ENVIRONMENT = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+#: PostgreSQL SQLSTATE classes of the same: connection, insufficient
+#: resources, operator intervention, system error.
+_PG_ENVIRONMENT = ("08", "53", "57", "58")
+
+
+def _environmental(error: BaseException) -> bool:
+    """Did the database fail, rather than one job's statements?"""
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    orig = getattr(error, "orig", None)
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_ENVIRONMENT
+    state = getattr(orig, "sqlstate", None)
+    return isinstance(state, str) and (state[:2] in _PG_ENVIRONMENT or state == "55P03")
 
 
 def _unavailable() -> BusError:
