@@ -18,10 +18,11 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -112,9 +113,15 @@ class Authenticator:
         clients: tuple[ClientConfig, ...],
         cache_size: int = VERIFIED_CACHE_SIZE,
         operations: Iterable[str] | None = None,
+        in_thread: Callable[..., Deferred] | None = None,
     ) -> None:
         """``operations``: every operation's name, to warn of a client's
-        list naming one that does not exist (it would allow nothing)."""
+        list naming one that does not exist (it would allow nothing).
+        ``in_thread(fn, *args)``: where scrypt runs (the server passes a
+        thread pool, so tens of milliseconds of hashing never stall the
+        reactor); without it, scrypt runs in the caller."""
+        self._in_thread = in_thread
+        self._verifying: dict[tuple[str, bytes], list[Deferred]] = {}
         self._clients = {c.client_id: Client(c) for c in clients}
         self._dummy = _dummy_for(list(self._clients.values()))
         self._verified: OrderedDict[tuple[str, bytes], None] = OrderedDict()
@@ -127,8 +134,9 @@ class Authenticator:
                     names = ", ".join(unknown)
                     self.log.warn("client {name}: no such operations: {unknown}", name=c.name, unknown=names)
 
-    def authenticate(self, auth: Any) -> Client:
-        """The client named by ``auth``, or raise ``unauthorized``."""
+    def authenticate(self, auth: Any) -> Client | Deferred:
+        """The client named by ``auth``, or raise ``unauthorized``; a
+        Deferred of the same when a scrypt hash must be verified in a thread."""
         if not isinstance(auth, dict):
             raise errors.unauthorized()
         client_id = auth.get("client_id")
@@ -144,7 +152,32 @@ class Authenticator:
             return client
         # The same work whether or not the id is known.
         verifier = client.verifier if client is not None else self._dummy
-        if not verifier.matches(presented, digest) or client is None:
+        if isinstance(verifier, _Hashed) and self._in_thread is not None:
+            verifying = self._verify_in_thread(verifier, presented, digest, key)
+            return verifying.addCallback(self._admit, client, key)
+        return self._admit(verifier.matches(presented, digest), client, key)
+
+    def _verify_in_thread(
+        self, verifier: _Hashed, presented: bytes, digest: bytes, key: tuple[str, bytes]
+    ) -> Deferred:
+        """One scrypt run per secret presented, however many requests
+        (pipelined on one connection, or from many) are waiting for it."""
+        mine: Deferred = Deferred()
+        waiting = self._verifying.get(key)
+        if waiting is not None:
+            waiting.append(mine)
+            return mine
+        self._verifying[key] = [mine]
+
+        def done(result: Any) -> None:
+            for d in self._verifying.pop(key):
+                d.callback(result)
+
+        self._in_thread(verifier.matches, presented, digest).addBoth(done)
+        return mine
+
+    def _admit(self, matched: bool, client: Client | None, key: tuple[str, bytes]) -> Client:
+        if not matched or client is None:
             raise errors.unauthorized()
         self._verified[key] = None
         if len(self._verified) > self._cache_size:

@@ -406,7 +406,9 @@ class Request:
     """A validated request, ready to run when the protocol says so."""
 
     operation: str
-    lane: str | None
+    #: READ or WRITE; None: answered at once; or a lane of its own (see
+    #: Dispatcher._after_verification).
+    lane: object
     closes: bool
     run: Callable[[], "bytes | Deferred"]
     #: The error code when the request was refused before running (the
@@ -474,6 +476,15 @@ class Dispatcher:
             return _answered("decode_request", error_line("decode_request", self._unknown))
         try:
             client = self.authenticator.authenticate(request.get("auth")) if op.auth else None
+        except BusError as e:
+            return _answered(op.name, error_line(op.name, e), code=e.code)
+        if isinstance(client, Deferred):
+            return self._after_verification(op, request, client)
+        return self._checked(op, request, client)
+
+    def _checked(self, op: Operation, request: dict[str, Any], client: Client | None) -> Request:
+        """The checks after auth, in their order; then the request to run."""
+        try:
             if client is not None and not client.may(op.name):
                 raise errors.forbidden(op.name)
             args = self._parse_body(op, request.get("body"))
@@ -484,6 +495,27 @@ class Dispatcher:
             return _answered(op.name, error_line(op.name, e), code=e.code)
         ctx = Context(self.streams, self.events, client, now_us(self.reactor), self.max_page, self.reactor)
         return Request(op.name, op.lane_for(args), op.closes, lambda: self._run(op, ctx, args))
+
+    def _after_verification(self, op: Operation, request: dict[str, Any], verifying: Deferred) -> Request:
+        """A request whose secret is being verified off the reactor thread:
+        the remaining checks run once it is, so their order holds."""
+        # A lane of its own (equal to no other): it runs alone, after what
+        # came before it on the connection and before what comes after, so
+        # the order of effects holds however long the verification takes.
+        held = Request(op.name, object(), op.closes, lambda: b"")
+
+        def verified(client: Client) -> bytes | Deferred:
+            checked = self._checked(op, request, client)
+            held.code = checked.code
+            return checked.run()
+
+        def refused(failure: Failure) -> bytes:
+            failure.trap(BusError)
+            held.code = failure.value.code
+            return error_line(op.name, failure.value)
+
+        held.run = lambda: verifying.addCallbacks(verified, refused)
+        return held
 
     def _parse_body(self, op: Operation, body: Any) -> dict[str, Any]:
         if not op.fields:

@@ -261,7 +261,17 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self._inflight.add(result)
         # Whatever went wrong below, the request is answered.
         result.addErrback(_crashed, request.operation)
-        result.addCallback(self._finished, slot, result)
+        result.addCallback(self._verdict, slot, result, request)
+
+    def _verdict(self, line: bytes, slot: _Slot, d: Deferred, request: Request) -> None:
+        """A request that ran: an ``unauthorized`` found while running (a
+        hashed secret verified in a thread) is slowed down like any other."""
+        delay = self._auth_delay(request) if request.code == "unauthorized" and not self._lost else 0.0
+        if delay > 0:
+            self._inflight.discard(d)
+            self.callLater(delay, self._finished, line, slot, None)
+        else:
+            self._finished(line, slot, d)
 
     def _finished(self, line: bytes, slot: _Slot, d: Deferred | None) -> None:
         if d is not None:

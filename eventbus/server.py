@@ -15,6 +15,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from eventbus.admin import AdminService
@@ -94,7 +95,11 @@ def build_service(config: Config, reactor: Any, admin: str | None = None) -> Eve
     streams = Streams(store, notifier)
     events = Events(store, notifier)
     served = MeteredEvents(events, metrics) if metrics else events
-    authenticator = Authenticator(config.clients, operations=[op.name for op in OPERATIONS])
+    authenticator = Authenticator(
+        config.clients,
+        operations=[op.name for op in OPERATIONS],
+        in_thread=lambda fn, *args: deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args),
+    )
     dispatcher = Dispatcher(streams, served, authenticator, reactor, server.max_page)
     if metrics:
         dispatcher = MeteredDispatcher(dispatcher, metrics)
