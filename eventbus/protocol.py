@@ -267,11 +267,20 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         """A request that ran: an ``unauthorized`` found while running (a
         hashed secret verified in a thread) is slowed down like any other."""
         delay = self._auth_delay(request) if request.code == "unauthorized" and not self._lost else 0.0
-        if delay > 0:
-            self._inflight.discard(d)
-            self.callLater(delay, self._finished, line, slot, None)
-        else:
+        if delay <= 0:
             self._finished(line, slot, d)
+            return
+        self._inflight.discard(d)
+        self._pause(_THROTTLED)
+
+        def answer() -> None:
+            self._delayed.discard(call)
+            if not self._delayed:
+                self._resume(_THROTTLED)
+            self._finished(line, slot, None)
+
+        call = self.callLater(delay, answer)
+        self._delayed.add(call)
 
     def _finished(self, line: bytes, slot: _Slot, d: Deferred | None) -> None:
         if d is not None:
