@@ -119,3 +119,22 @@ def test_one_verification_for_requests_waiting_on_the_same_secret() -> None:
     assert len(pool.calls) == 1
     pool.run_all()
     assert [d.result.client_id for d in waiting] == ["hid"] * 3
+
+
+def test_refusals_found_in_the_pool_are_slowed_down_too(tmp_path: Path) -> None:
+    import time
+
+    auth = {"hashed": {"client_id": "hid", "client_secret": HASH}}
+    server = ServerProcess(tmp_path, auth=auth).start()
+    try:
+        bad = {"client_id": "hid", "client_secret": "guess"}
+        with LineClient(server.port) as c:
+            started = time.monotonic()
+            for _ in range(5):
+                assert c.request("list_streams", {}, auth=bad)["code"] == "unauthorized"
+            elapsed = time.monotonic() - started
+        # Three free failures, then 0.1 s and 0.2 s of held answers.
+        assert elapsed >= 0.3
+        assert "answer delayed" in server.log_text()
+    finally:
+        server.stop()
