@@ -48,7 +48,8 @@ from eventbus.client.errors import (
     Unavailable,
     error_from_response,
 )
-from eventbus.client.models import Event, EventPage, MarkResult, Status, Stream, StreamInfo, Written
+from eventbus.client.models import Event
+from eventbus.client.operations import Operations
 
 if TYPE_CHECKING:
     from eventbus.client.consumer import Consumer
@@ -205,13 +206,16 @@ class _Connection:
         return answered
 
 
-class Client:
+class Client(Operations[Any]):
     """A blocking Event Bus client (see the module docstring).
 
     ``address`` is ``host:port``, ``tcp://host:port`` or ``tls://host:port``;
     ``tls`` may also be an :class:`ssl.SSLContext` of your own. ``timeout``
     is the longest the client waits in silence for an answer (a long poll
     adds its ``wait_seconds``). ``retries`` bounds reconnects and resends.
+
+    The operation methods (:class:`~eventbus.client.operations.Operations`)
+    return each call's result and raise its error.
     """
 
     def __init__(
@@ -236,11 +240,7 @@ class Client:
         self.retries = retries
         self.retry_delay = retry_delay
         self._ssl_context = _ssl_context(tls, self.address.tls, ca_file, verify)
-        self._auth = (
-            orjson.dumps({"client_id": client_id, "client_secret": client_secret})
-            if client_id is not None and client_secret is not None
-            else None
-        )
+        self._auth = calls.credentials(client_id, client_secret)
         self._conn: _Connection | None = None
         self._lock = threading.RLock()
         #: Connections made so far (1 after the first call; more after reconnects).
@@ -298,13 +298,7 @@ class Client:
 
     def encode(self, call: Call[Any]) -> bytes:
         """The request line for ``call`` (with this client's credentials)."""
-        parts = [b'{"operation":', orjson.dumps(call.operation)]
-        if call.auth and self._auth is not None:
-            parts += [b',"auth":', self._auth]
-        if call.body is not None:
-            parts += [b',"body":', orjson.dumps(call.body)]
-        parts.append(b"}\n")
-        return b"".join(parts)
+        return call.line(self._auth)
 
     def _wait_for(self, call: Call[Any]) -> float:
         wait = (call.body or {}).get("wait_seconds") or 0
@@ -360,11 +354,10 @@ class Client:
         (see :class:`Pipeline`): one round trip for a whole batch."""
         return Pipeline(self)
 
-    # -- operations (PROTOCOL.md 5 and 7) -----------------------------------------
+    # -- operations (PROTOCOL.md 5 and 7; the methods are in Operations) ---------
 
-    def health(self) -> None:
-        """Raises unless the server answers (needs no credentials)."""
-        return self.run(calls.health())
+    def _submit(self, call: Call[T]) -> T:
+        return self.run(call)
 
     def exit(self) -> None:
         """The original's ``exit``: the server answers and closes the connection
@@ -376,80 +369,6 @@ class Client:
                     self._conn.wait_closed(self.timeout)
             finally:
                 self._drop()
-
-    def list_streams(self) -> list[Stream]:
-        return self.run(calls.list_streams())
-
-    def create_stream(
-        self, name: str, *, max_deliveries: int | None = None, retention_seconds: int | None = None
-    ) -> Stream:
-        return self.run(
-            calls.create_stream(name, max_deliveries=max_deliveries, retention_seconds=retention_seconds)
-        )
-
-    def delete_stream(self, name: str) -> None:
-        return self.run(calls.delete_stream(name))
-
-    def get_stream_info(self, name: str) -> StreamInfo:
-        """The stream and its counts by status (``stats``)."""
-        return self.run(calls.get_stream_info(name))
-
-    def get_stream_events(
-        self, name: str, *, limit: int | None = None, after_seq: int | None = None
-    ) -> EventPage:
-        """One page of every event, any status, in write order."""
-        return self.run(calls.get_stream_events(name, limit=limit, after_seq=after_seq))
-
-    def process_events(
-        self,
-        name: str,
-        *,
-        limit: int | None = None,
-        after_seq: int | None = None,
-        lease_seconds: int | None = None,
-        wait_seconds: float | None = None,
-    ) -> EventPage:
-        """Unprocessed events; with ``lease_seconds`` they are this caller's
-        alone until marked or the lease ends; ``wait_seconds`` long-polls."""
-        return self.run(
-            calls.process_events(
-                name, limit=limit, after_seq=after_seq, lease_seconds=lease_seconds, wait_seconds=wait_seconds
-            )
-        )
-
-    def retry_events(
-        self,
-        name: str,
-        *,
-        limit: int | None = None,
-        after_seq: int | None = None,
-        lease_seconds: int | None = None,
-        wait_seconds: float | None = None,
-    ) -> EventPage:
-        """Events marked retry (status 2); the same options as process_events."""
-        return self.run(
-            calls.retry_events(
-                name, limit=limit, after_seq=after_seq, lease_seconds=lease_seconds, wait_seconds=wait_seconds
-            )
-        )
-
-    def write_event(self, name: str, event: Any, *, key: str | None = None) -> Written:
-        """Write one JSON value; with ``key`` a repeated write returns the first
-        event (``duplicate=True``), which also makes it safe to resend."""
-        return self.run(calls.write_event(name, event, key=key))
-
-    def write_events(self, name: str, events: Iterable[Any]) -> list[Event]:
-        """Write 1 to 1,000 values in one commit: all or none."""
-        return self.run(calls.write_events(name, events))
-
-    def mark_event(self, event_id: str, status: int | str | Status, *, lease_id: str | None = None) -> None:
-        """Set an event's status; with ``lease_id`` only while that lease is current."""
-        return self.run(calls.mark_event(event_id, status, lease_id=lease_id))
-
-    def mark_events(
-        self, event_ids: Iterable[str], status: int | str | Status, *, lease_id: str | None = None
-    ) -> MarkResult:
-        return self.run(calls.mark_events(event_ids, status, lease_id=lease_id))
 
     def iter_events(
         self, name: str, *, after_seq: int | None = None, page_size: int = 1000
@@ -490,7 +409,7 @@ class Client:
         )
 
 
-class Pipeline:
+class Pipeline(Operations[int]):
     """Many calls, one round trip: queue them, then :meth:`execute`.
 
     ::
@@ -504,6 +423,9 @@ class Pipeline:
     answers stream back. If the connection breaks, the unanswered calls are
     sent again only when all of them are safe to retry; otherwise
     ConnectionFailed is raised and ``results`` holds the answers that came.
+
+    The operation methods (:class:`~eventbus.client.operations.Operations`)
+    queue their call and return the index of its result.
     """
 
     def __init__(self, client: Client) -> None:
@@ -590,49 +512,8 @@ class Pipeline:
             if isinstance(result, EventBusError):
                 raise result
 
-    # The operations, queued; each returns the index of its result.
-
-    def health(self) -> int:
-        return self.add(calls.health())
-
-    def list_streams(self) -> int:
-        return self.add(calls.list_streams())
-
-    def create_stream(
-        self, name: str, *, max_deliveries: int | None = None, retention_seconds: int | None = None
-    ) -> int:
-        return self.add(
-            calls.create_stream(name, max_deliveries=max_deliveries, retention_seconds=retention_seconds)
-        )
-
-    def delete_stream(self, name: str) -> int:
-        return self.add(calls.delete_stream(name))
-
-    def get_stream_info(self, name: str) -> int:
-        return self.add(calls.get_stream_info(name))
-
-    def get_stream_events(self, name: str, *, limit: int | None = None, after_seq: int | None = None) -> int:
-        return self.add(calls.get_stream_events(name, limit=limit, after_seq=after_seq))
-
-    def process_events(self, name: str, **options: Any) -> int:
-        return self.add(calls.process_events(name, **options))
-
-    def retry_events(self, name: str, **options: Any) -> int:
-        return self.add(calls.retry_events(name, **options))
-
-    def write_event(self, name: str, event: Any, *, key: str | None = None) -> int:
-        return self.add(calls.write_event(name, event, key=key))
-
-    def write_events(self, name: str, events: Iterable[Any]) -> int:
-        return self.add(calls.write_events(name, events))
-
-    def mark_event(self, event_id: str, status: int | str | Status, *, lease_id: str | None = None) -> int:
-        return self.add(calls.mark_event(event_id, status, lease_id=lease_id))
-
-    def mark_events(
-        self, event_ids: Iterable[str], status: int | str | Status, *, lease_id: str | None = None
-    ) -> int:
-        return self.add(calls.mark_events(event_ids, status, lease_id=lease_id))
+    def _submit(self, call: Call[Any]) -> int:
+        return self.add(call)
 
 
 def _collect(responses: list[dict[str, Any]]) -> Callable[[int, dict[str, Any]], None]:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import orjson
+
 from eventbus.client.models import (
     Event,
     EventPage,
@@ -44,6 +46,24 @@ class Call(Generic[T]):
     #: May be sent again on a new connection when the answer was lost.
     safe: bool
     auth: bool = True
+
+    def line(self, credentials: bytes | None) -> bytes:
+        """The request line; ``credentials`` (see :func:`credentials`) are
+        sent as ``auth`` when given and the operation takes them."""
+        parts = [b'{"operation":', orjson.dumps(self.operation)]
+        if self.auth and credentials is not None:
+            parts += [b',"auth":', credentials]
+        if self.body is not None:
+            parts += [b',"body":', orjson.dumps(self.body)]
+        parts.append(b"}\n")
+        return b"".join(parts)
+
+
+def credentials(client_id: str | None, client_secret: str | None) -> bytes | None:
+    """The ``auth`` object, encoded once per client; None unless both are given."""
+    if client_id is None or client_secret is None:
+        return None
+    return orjson.dumps({"client_id": client_id, "client_secret": client_secret})
 
 
 def _none(_: Any) -> None:
@@ -123,44 +143,32 @@ def get_stream_events(
     return Call("get_stream_events", body, _page, safe=True)
 
 
-def _consuming(
-    operation: str,
-    name: str,
-    limit: int | None,
-    after_seq: int | None,
-    lease_seconds: int | None,
-    wait_seconds: float | None,
-) -> Call[EventPage]:
-    body = _optional(
-        {"stream_name": name},
-        limit=limit,
-        after_seq=after_seq,
-        lease_seconds=lease_seconds,
-        wait_seconds=wait_seconds,
-    )
-    return Call(operation, body, _page, safe=lease_seconds is None)
+def _consuming(operation: str) -> Callable[..., Call[EventPage]]:
+    """The builder of ``process_events`` or ``retry_events``: the same options."""
+
+    def build(
+        name: str,
+        *,
+        limit: int | None = None,
+        after_seq: int | None = None,
+        lease_seconds: int | None = None,
+        wait_seconds: float | None = None,
+    ) -> Call[EventPage]:
+        body = _optional(
+            {"stream_name": name},
+            limit=limit,
+            after_seq=after_seq,
+            lease_seconds=lease_seconds,
+            wait_seconds=wait_seconds,
+        )
+        return Call(operation, body, _page, safe=lease_seconds is None)
+
+    build.__name__ = build.__qualname__ = operation
+    return build
 
 
-def process_events(
-    name: str,
-    *,
-    limit: int | None = None,
-    after_seq: int | None = None,
-    lease_seconds: int | None = None,
-    wait_seconds: float | None = None,
-) -> Call[EventPage]:
-    return _consuming("process_events", name, limit, after_seq, lease_seconds, wait_seconds)
-
-
-def retry_events(
-    name: str,
-    *,
-    limit: int | None = None,
-    after_seq: int | None = None,
-    lease_seconds: int | None = None,
-    wait_seconds: float | None = None,
-) -> Call[EventPage]:
-    return _consuming("retry_events", name, limit, after_seq, lease_seconds, wait_seconds)
+process_events = _consuming("process_events")
+retry_events = _consuming("retry_events")
 
 
 def write_event(name: str, event: Any, *, key: str | None = None) -> Call[Written]:

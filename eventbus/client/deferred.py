@@ -28,7 +28,6 @@ others fail with ConnectionFailed(maybe_applied=True).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -41,7 +40,7 @@ from eventbus.client import calls
 from eventbus.client.address import parse_address
 from eventbus.client.calls import Call
 from eventbus.client.errors import ConnectionFailed, ProtocolError, error_from_response
-from eventbus.client.models import Status
+from eventbus.client.operations import Operations
 
 
 class _Pending:
@@ -99,12 +98,15 @@ class _ClientProtocol(LineReceiver):
         self.lost.callback(None)
 
 
-class TwistedClient:
+class TwistedClient(Operations[Deferred]):
     """Deferred-returning client; see the module docstring.
 
     ``address`` is ``host:port``, ``tcp://...`` or ``tls://...``, or any
     Twisted client endpoint string (``tcp:host=...:port=...``,
     ``tls:host=...:port=...``) when it contains ``=``.
+
+    The operation methods (:class:`~eventbus.client.operations.Operations`)
+    return a Deferred of each call's result (or of its error).
     """
 
     def __init__(
@@ -119,11 +121,7 @@ class TwistedClient:
         self.reactor = reactor
         self.endpoint = _endpoint(reactor, address)
         self.retries = retries
-        self._auth = (
-            orjson.dumps({"client_id": client_id, "client_secret": client_secret})
-            if client_id is not None and client_secret is not None
-            else None
-        )
+        self._auth = calls.credentials(client_id, client_secret)
         self._protocol: _ClientProtocol | None = None
         self._connecting: Deferred | None = None
         self._queued: list[_Pending] = []
@@ -131,23 +129,18 @@ class TwistedClient:
         self.connects = 0
 
     def encode(self, call: Call[Any]) -> bytes:
-        parts = [b'{"operation":', orjson.dumps(call.operation)]
-        if call.auth and self._auth is not None:
-            parts += [b',"auth":', self._auth]
-        if call.body is not None:
-            parts += [b',"body":', orjson.dumps(call.body)]
-        parts.append(b"}\n")
-        return b"".join(parts)
+        """The request line for ``call`` (with this client's credentials)."""
+        return call.line(self._auth)
 
     def run(self, call: Call[Any]) -> Deferred:
         """Send ``call``; a Deferred of its parsed result (or its RequestError)."""
         if self._closed:
             return fail(ConnectionFailed("client is closed"))
         pending = _Pending(call, self.encode(call))
-        self._submit(pending, 0)
+        self._send(pending, 0)
         return pending.deferred
 
-    def _submit(self, pending: _Pending, attempt: int) -> None:
+    def _send(self, pending: _Pending, attempt: int) -> None:
         if self._protocol is not None:
             self._protocol.send(pending)
             return
@@ -195,7 +188,7 @@ class TwistedClient:
                 pending.deferred.errback(ConnectionFailed("connection lost before the answer", True))
         for pending in resend:
             pending.resent += 1
-            self._submit(pending, 1)
+            self._send(pending, 1)
 
     def close(self) -> Deferred:
         """Close the connection; requests still unanswered fail."""
@@ -208,58 +201,14 @@ class TwistedClient:
         protocol.transport.loseConnection()
         return protocol.lost
 
-    # -- operations: the blocking client's, returning Deferreds ------------------
+    # -- operations: the blocking client's (Operations), returning Deferreds ----
 
-    def health(self) -> Deferred:
-        return self.run(calls.health())
+    def _submit(self, call: Call[Any]) -> Deferred:
+        return self.run(call)
 
     def exit(self) -> Deferred:
         """The server answers and closes the connection; the next call reconnects."""
         return self.run(calls.exit())
-
-    def list_streams(self) -> Deferred:
-        return self.run(calls.list_streams())
-
-    def create_stream(
-        self, name: str, *, max_deliveries: int | None = None, retention_seconds: int | None = None
-    ) -> Deferred:
-        return self.run(
-            calls.create_stream(name, max_deliveries=max_deliveries, retention_seconds=retention_seconds)
-        )
-
-    def delete_stream(self, name: str) -> Deferred:
-        return self.run(calls.delete_stream(name))
-
-    def get_stream_info(self, name: str) -> Deferred:
-        return self.run(calls.get_stream_info(name))
-
-    def get_stream_events(
-        self, name: str, *, limit: int | None = None, after_seq: int | None = None
-    ) -> Deferred:
-        return self.run(calls.get_stream_events(name, limit=limit, after_seq=after_seq))
-
-    def process_events(self, name: str, **options: Any) -> Deferred:
-        """Options: limit, after_seq, lease_seconds, wait_seconds."""
-        return self.run(calls.process_events(name, **options))
-
-    def retry_events(self, name: str, **options: Any) -> Deferred:
-        return self.run(calls.retry_events(name, **options))
-
-    def write_event(self, name: str, event: Any, *, key: str | None = None) -> Deferred:
-        return self.run(calls.write_event(name, event, key=key))
-
-    def write_events(self, name: str, events: Iterable[Any]) -> Deferred:
-        return self.run(calls.write_events(name, events))
-
-    def mark_event(
-        self, event_id: str, status: int | str | Status, *, lease_id: str | None = None
-    ) -> Deferred:
-        return self.run(calls.mark_event(event_id, status, lease_id=lease_id))
-
-    def mark_events(
-        self, event_ids: Iterable[str], status: int | str | Status, *, lease_id: str | None = None
-    ) -> Deferred:
-        return self.run(calls.mark_events(event_ids, status, lease_id=lease_id))
 
 
 def _endpoint(reactor: Any, address: str) -> Any:
