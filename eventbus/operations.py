@@ -22,10 +22,11 @@ from zope.interface import implementer
 
 from eventbus import errors
 from eventbus.auth import Client
-from eventbus.clock import now_us, rfc3339
+from eventbus.clock import now_us
 from eventbus.errors import BusError
 from eventbus.interfaces import IAuthenticator, IDispatcher, IEvents, IStreams
-from eventbus.records import DEAD, RETRY, UNPROCESSED, Event, Page, Stream
+from eventbus.records import DEAD, RETRY, UNPROCESSED
+from eventbus.responses import error_line, event_json, ok_line, page_json, stream_json
 
 READ, WRITE = "read", "write"
 MAX_BATCH = 1000
@@ -158,58 +159,6 @@ class Context:
     now: int
     max_page: int
     reactor: Any
-
-
-# -- encoding ------------------------------------------------------------------
-
-
-def stream_json(stream: Stream) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": stream.id, "name": stream.name, "created_at": rfc3339(stream.created_at)}
-    if stream.max_deliveries is not None:
-        out["max_deliveries"] = stream.max_deliveries
-    if stream.retention_seconds is not None:
-        out["retention_seconds"] = stream.retention_seconds
-    return out
-
-
-def event_json(event: Event, leased: bool = False) -> dict[str, Any]:
-    out = {
-        "id": event.id,
-        "stream_id": event.stream_id,
-        "status": event.status,
-        "created_at": rfc3339(event.created_at),
-        # Stored as compact JSON text: spliced in, never decoded again.
-        "body": orjson.Fragment(event.body),
-        "seq": event.seq,
-        "deliveries": event.deliveries,
-    }
-    if leased:
-        out["lease_id"] = event.lease_id
-        out["lease_expires_at"] = rfc3339(event.lease_expires)
-    return out
-
-
-def page_json(page: Page, leased: bool = False) -> dict[str, Any]:
-    return {"events": [event_json(e, leased) for e in page.events], "next_after_seq": page.next_after_seq}
-
-
-def ok_line(operation: str, body: Any = None) -> bytes:
-    response: dict[str, Any] = {"operation": operation, "status": True}
-    if body is not None:
-        response["body"] = body
-    return orjson.dumps(response) + b"\n"
-
-
-def error_line(operation: str, error: BusError) -> bytes:
-    response: dict[str, Any] = {
-        "operation": operation,
-        "status": False,
-        "reason": error.reason,
-        "code": error.code,
-    }
-    if error.context is not None:
-        response["context"] = error.context
-    return orjson.dumps(response) + b"\n"
 
 
 # -- handlers --------------------------------------------------------------------

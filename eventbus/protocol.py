@@ -29,7 +29,8 @@ from twisted.python.failure import Failure
 
 from eventbus import errors
 from eventbus.auth import FailureThrottle
-from eventbus.operations import Dispatcher, Request, error_line
+from eventbus.operations import Dispatcher, Request
+from eventbus.responses import error_line
 
 # Pause reasons: a paused connection reads nothing until all are gone.
 _OUTPUT, _PENDING, _SHUTDOWN = "output", "pending", "shutdown"
