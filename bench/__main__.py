@@ -1,6 +1,6 @@
 """``python -m bench`` (``make bench``): run the scenarios, print and write the table.
 
-    python -m bench                      # everything: about 12 minutes
+    python -m bench                      # everything: about 10 minutes
     python -m bench --quick              # a smoke run: every scenario, tiny
     python -m bench --scenario write-64x1 --scenario latency --duration 10
     python -m bench --update-docs        # also refresh docs/benchmarks.rst and .png
