@@ -19,7 +19,7 @@ def now_us(clock: IClockLike) -> int:
 @lru_cache(maxsize=4096)
 def _second_prefix(seconds: int) -> str:
     t = time.gmtime(seconds)
-    return "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6]
+    return "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}".format(*t[:6])
 
 
 def rfc3339(us: int) -> str:

@@ -79,5 +79,7 @@ def line_too_long(limit: int) -> BusError:
     return BusError("line_too_long", f"request line longer than {limit} bytes")
 
 
-def unavailable(reason: str = "the server cannot serve this request now; nothing was changed, retry") -> BusError:
+def unavailable(
+    reason: str = "the server cannot serve this request now; nothing was changed, retry",
+) -> BusError:
     return BusError("unavailable", reason)

@@ -12,7 +12,7 @@ import uuid
 
 
 def _format(n: int) -> str:
-    h = "%032x" % n
+    h = f"{n:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -1,9 +1,10 @@
 """The table of operations: body fields, validation, the service call, and
 the response of each; decoding requests and encoding responses.
 
-Checks run in PROTOCOL.md's order: JSON, operation, auth, body, then the
-operation itself. A request becomes a :class:`Request` that the protocol
-runs when its turn comes; every failure becomes an error response here, so
+Checks run in PROTOCOL.md's order: JSON, operation, auth, the client's right
+to the operation, body, its right to the stream, then the operation itself.
+A request becomes a :class:`Request` that the protocol runs when its turn
+comes; every failure becomes an error response here, so
 the protocol always gets one response line per request.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -111,7 +113,9 @@ def _string(name: str, max_length: int) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         # NUL: PostgreSQL text cannot hold it, so no backend accepts it.
         if not isinstance(value, str) or not 1 <= len(value) <= max_length or "\x00" in value:
-            raise errors.invalid_field(f"{name} must be a string of 1 to {max_length} characters, without NUL")
+            raise errors.invalid_field(
+                f"{name} must be a string of 1 to {max_length} characters, without NUL"
+            )
         return value
 
     return parse
@@ -129,7 +133,7 @@ class Field:
 @dataclass(frozen=True)
 class Operation:
     name: str
-    handler: Callable[["Context", dict[str, Any]], Any]
+    handler: Callable[[Context, dict[str, Any]], Any]
     fields: tuple[Field, ...] = ()
     auth: bool = True
     #: The lane orders effects on one connection (see protocol.py); None:
@@ -138,9 +142,7 @@ class Operation:
     closes: bool = False
 
     def context(self) -> list[dict[str, Any]]:
-        return [
-            {"name": f.name, "type": f.wire_type, "required": True} for f in self.fields if f.required
-        ]
+        return [{"name": f.name, "type": f.wire_type, "required": True} for f in self.fields if f.required]
 
     def lane_for(self, args: dict[str, Any]) -> str | None:
         # Leasing reads change the events they hand out.
@@ -270,9 +272,7 @@ def _mark_event(ctx: Context, args: dict[str, Any]) -> Deferred:
 
 def _mark_events(ctx: Context, args: dict[str, Any]) -> Deferred:
     d = ctx.events.mark(args["event_ids"], args["status"], args.get("lease_id"), ctx.now, _visible(ctx))
-    return d.addCallback(
-        lambda m: {"marked": m.marked, "not_found": m.not_found, "lease_lost": m.lease_lost}
-    )
+    return d.addCallback(lambda m: {"marked": m.marked, "not_found": m.not_found, "lease_lost": m.lease_lost})
 
 
 def _exit(ctx: Context, args: dict[str, Any]) -> None:
@@ -327,7 +327,11 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "mark_event",
         _mark_event,
-        (Field("event_id", _event_id, wire_type="string"), Field("status", _status, wire_type="uint8"), _LEASE_ID),
+        (
+            Field("event_id", _event_id, wire_type="string"),
+            Field("status", _status, wire_type="uint8"),
+            _LEASE_ID,
+        ),
         lane=WRITE,
     ),
     Operation("exit", _exit, auth=False, lane=None, closes=True),
@@ -341,7 +345,11 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "mark_events",
         _mark_events,
-        (Field("event_ids", _event_ids, wire_type="[]string"), Field("status", _status, wire_type="uint8"), _LEASE_ID),
+        (
+            Field("event_ids", _event_ids, wire_type="[]string"),
+            Field("status", _status, wire_type="uint8"),
+            _LEASE_ID,
+        ),
         lane=WRITE,
     ),
     Operation("list_streams", _list_streams),
@@ -359,7 +367,7 @@ class Request:
     #: Dispatcher._after_verification).
     lane: object
     closes: bool
-    run: Callable[[], "bytes | Deferred"]
+    run: Callable[[], bytes | Deferred]
     #: The error code when the request was refused before running (the
     #: protocol slows down repeated ``unauthorized`` answers).
     code: str | None = None
@@ -478,7 +486,7 @@ class Dispatcher:
                 args[f.name] = f.parse(value)
         return args
 
-    def _run(self, op: Operation, ctx: Context, args: dict[str, Any]) -> "bytes | Deferred":
+    def _run(self, op: Operation, ctx: Context, args: dict[str, Any]) -> bytes | Deferred:
         try:
             result = op.handler(ctx, args)
         except BusError as e:

@@ -65,7 +65,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     log = Logger()
 
-    def __init__(self, factory: "BusFactory") -> None:
+    def __init__(self, factory: BusFactory) -> None:
         self.factory = factory
         self.dispatcher = factory.dispatcher
         self.limits = factory.limits

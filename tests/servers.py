@@ -56,15 +56,22 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
 
-    def start(self, timeout: float = 30.0) -> "ServerProcess":
+    def start(self, timeout: float = 30.0) -> ServerProcess:
         log = open(self.log_path, "ab")
         offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             [
-                TWISTD, "-n", "--pidfile=", "--logfile=-", "eventbus",
-                "--config", str(self.config_path),
-                "--listen", self.listen,
-                "--database", self.database,
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "--logfile=-",
+                "eventbus",
+                "--config",
+                str(self.config_path),
+                "--listen",
+                self.listen,
+                "--database",
+                self.database,
                 *(["--admin", self.admin] if self.admin else []),
                 *self.extra_args,
             ],
@@ -84,7 +91,9 @@ class ServerProcess:
                 self.admin_port = int(admin.group(1)) if admin else None
                 return self
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{text.decode(errors='replace')}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}:\n{text.decode(errors='replace')}"
+                )
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"server did not start in {timeout}s:\n{self.log_text()}")

@@ -47,7 +47,10 @@ def test_write_and_read_back_in_order(client: LineClient, stream_name: str) -> N
 
 def test_process_retry_and_mark(client: LineClient, stream_name: str) -> None:
     client.call("create_stream", {"stream_name": stream_name})
-    ids = [client.call("write_event", {"stream_name": stream_name, "event": {"n": n}})["event"]["id"] for n in range(3)]
+    ids = [
+        client.call("write_event", {"stream_name": stream_name, "event": {"n": n}})["event"]["id"]
+        for n in range(3)
+    ]
     assert [e["id"] for e in client.call("process_events", {"stream_name": stream_name})["events"]] == ids
     assert client.call("mark_event", {"event_id": ids[0], "status": 1}) is None
     assert client.call("mark_event", {"event_id": ids[1], "status": 2}) is None
@@ -55,7 +58,9 @@ def test_process_retry_and_mark(client: LineClient, stream_name: str) -> None:
     assert [e["id"] for e in unprocessed] == [ids[2]]
     retry = client.call("retry_events", {"stream_name": stream_name})["events"]
     assert [(e["id"], e["status"]) for e in retry] == [(ids[1], 2)]
-    statuses = {e["id"]: e["status"] for e in client.call("get_stream_events", {"stream_name": stream_name})["events"]}
+    statuses = {
+        e["id"]: e["status"] for e in client.call("get_stream_events", {"stream_name": stream_name})["events"]
+    }
     assert statuses == {ids[0]: 1, ids[1]: 2, ids[2]: 0}
 
 

@@ -7,7 +7,8 @@ their own connection. Both return Deferreds that fire on the reactor thread.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError

@@ -7,7 +7,8 @@ They take and return plain values (:mod:`eventbus.records`). Writes raise
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
@@ -52,8 +53,8 @@ _SELECT_STREAM = sa.select(*_STREAM_COLS).where(streams.c.name == sa.bindparam("
 _INSERT_EVENTS = sa.insert(events).returning(events.c.seq, sort_by_parameter_order=True)
 # SQLite's fast path (_insert_events): the statement compiled once, from the model.
 _ROW_COLS = ("seq", "id", "stream_sid", "status", "created_at", "body", "deliveries", "idem_key")
-_INSERT_ROWS = sa.insert(events).values({c: sa.bindparam(c) for c in _ROW_COLS}).compile(
-    dialect=sqlite.dialect()
+_INSERT_ROWS = (
+    sa.insert(events).values({c: sa.bindparam(c) for c in _ROW_COLS}).compile(dialect=sqlite.dialect())
 )
 assert tuple(_INSERT_ROWS.positiontup or ()) == _ROW_COLS, "rows are passed to the driver in this order"
 _INSERT_ROWS_SQL = str(_INSERT_ROWS)
@@ -288,8 +289,15 @@ def _insert_events(conn: sa.Connection, rows: list[tuple]) -> Sequence[int]:
         )
         return range(first, first + len(rows))
     params = [
-        {"id": eid, "stream_sid": sid, "status": UNPROCESSED, "created_at": now, "body": body,
-         "deliveries": 0, "idem_key": key}
+        {
+            "id": eid,
+            "stream_sid": sid,
+            "status": UNPROCESSED,
+            "created_at": now,
+            "body": body,
+            "deliveries": 0,
+            "idem_key": key,
+        }
         for eid, sid, now, body, key in rows
     ]
     return conn.execute(_INSERT_EVENTS, params).scalars().all()
@@ -333,7 +341,9 @@ def stats_txn(conn: sa.Connection, name: str, now: int) -> tuple[Stream, Stats]:
     stream = find_stream_txn(conn, name)
     counts = dict(
         conn.execute(
-            sa.select(stream_counts.c.status, stream_counts.c.n).where(stream_counts.c.stream_sid == stream.sid)
+            sa.select(stream_counts.c.status, stream_counts.c.n).where(
+                stream_counts.c.stream_sid == stream.sid
+            )
         ).all()
     )
     leased = conn.execute(
@@ -391,8 +401,17 @@ def lease_page_txn(
         token = random_token()
         updates.append({"b_seq": row.seq, "b_lease": token})
         leased.append(
-            Event(row.seq, row.id, stream.id, row.status, row.created_at, row.body,
-                  row.deliveries + 1, token, expires)
+            Event(
+                row.seq,
+                row.id,
+                stream.id,
+                row.status,
+                row.created_at,
+                row.body,
+                row.deliveries + 1,
+                token,
+                expires,
+            )
         )
     if updates:
         conn.execute(
