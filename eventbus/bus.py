@@ -36,10 +36,7 @@ class Streams:
         d = self.db.write(q.delete_stream_txn, name)
         # Long polls on a deleted stream wake and find it gone.
         d.addCallback(lambda _: self.notifier.changed(name))
-        return d
-
-    def get(self, name: str) -> Deferred:
-        return self.db.read(q.find_stream_txn, name)
+        return _detached(d)
 
     def stats(self, name: str, now: int) -> Deferred:
         return self.db.read(q.stats_txn, name, now)
@@ -57,7 +54,7 @@ class Events:
     def write(self, stream_name: str, bodies: list[str], now: int, key: str | None = None) -> Deferred:
         d = self.db.write(q.write_events_txn, stream_name, bodies, now, key)
         d.addCallback(self._written, stream_name)
-        return d
+        return _detached(d)
 
     def _written(self, written: Written, stream_name: str) -> Written:
         if not written.duplicate:
@@ -89,14 +86,14 @@ class Events:
     ) -> Deferred:
         d = self.db.write(q.mark_event_txn, event_id, status, lease_id, now, visible)
         d.addCallback(self._marked, status)
-        return d
+        return _detached(d)
 
     def mark(
         self, event_ids: list[str], status: int, lease_id: str | None, now: int, visible: Visible = None
     ) -> Deferred:
         d = self.db.write(q.mark_events_txn, event_ids, status, lease_id, now, visible)
         d.addCallback(self._marked, status)
-        return d
+        return _detached(d)
 
     def _marked(self, marked: Marked, status: int) -> Marked:
         if status in (UNPROCESSED, RETRY):
@@ -106,3 +103,11 @@ class Events:
 
     def stop_waiting(self) -> None:
         self.notifier.wake_all()
+
+
+def _detached(d: Deferred) -> Deferred:
+    """The caller's own Deferred for a write: a caller that goes away cancels
+    only its copy, so the wake-ups chained above still run once it commits."""
+    out: Deferred = Deferred()
+    d.chainDeferred(out)
+    return out

@@ -32,9 +32,6 @@ class IStreams(Interface):
     def delete(name):
         """Deferred[None]: the stream and all its events are gone."""
 
-    def get(name):
-        """Deferred[Stream]; fails with ``stream_not_found``."""
-
     def stats(name, now):
         """Deferred[(Stream, Stats)]: counts of the stream's events by state."""
 

@@ -22,7 +22,6 @@ process (tests) do not collide.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -55,39 +54,57 @@ class Metrics:
         r = self.registry
         ProcessCollector(registry=r)
         self.requests = Counter(
-            "eventbus_requests", "Requests answered, by operation and outcome (ok or the error code).",
-            ["operation", "outcome"], registry=r,
+            "eventbus_requests",
+            "Requests answered, by operation and outcome (ok or the error code).",
+            ["operation", "outcome"],
+            registry=r,
         )
         self.request_seconds = Histogram(
             "eventbus_request_duration_seconds",
             "From the request line read to its response ready (long polls include their wait).",
-            ["operation"], buckets=LATENCY_BUCKETS, registry=r,
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
-        self.written = Counter("eventbus_events_written", "Events written (duplicates by key not counted).",
-                               registry=r)
-        self.duplicates = Counter("eventbus_events_duplicate",
-                                  "Writes answered with an earlier event of the same key.", registry=r)
+        self.written = Counter(
+            "eventbus_events_written", "Events written (duplicates by key not counted).", registry=r
+        )
+        self.duplicates = Counter(
+            "eventbus_events_duplicate", "Writes answered with an earlier event of the same key.", registry=r
+        )
         self.leased = Counter("eventbus_events_leased", "Events handed out under a lease.", registry=r)
-        self.marked = Counter("eventbus_events_marked", "Events marked, by the status they were given.",
-                              ["status"], registry=r)
-        self.batch_jobs = Histogram("eventbus_group_commit_jobs", "Write jobs per group commit.",
-                                    buckets=BATCH_BUCKETS, registry=r)
+        self.marked = Counter(
+            "eventbus_events_marked", "Events marked, by the status they were given.", ["status"], registry=r
+        )
+        self.batch_jobs = Histogram(
+            "eventbus_group_commit_jobs", "Write jobs per group commit.", buckets=BATCH_BUCKETS, registry=r
+        )
         self.txn_seconds = Histogram(
             "eventbus_storage_transaction_seconds",
             "Storage transactions: a whole group commit (write_batch) or one read.",
-            ["kind"], buckets=TXN_BUCKETS, registry=r,
+            ["kind"],
+            buckets=TXN_BUCKETS,
+            registry=r,
         )
         self.connections = Gauge("eventbus_connections", "Open client connections.", registry=r)
         self.in_flight = Gauge("eventbus_requests_in_flight", "Requests being worked on.", registry=r)
         self.long_polls = Gauge("eventbus_long_polls_waiting", "Long polls waiting for events.", registry=r)
         self.streams = Gauge("eventbus_streams", "Streams (as of the last snapshot).", registry=r)
-        self.stream_events = Gauge("eventbus_stream_events", "Events of a stream by status (snapshot).",
-                                   ["stream", "status"], registry=r)
-        self.backlog = Gauge("eventbus_stream_backlog", "Unprocessed events of a stream (snapshot).",
-                             ["stream"], registry=r)
+        self.stream_events = Gauge(
+            "eventbus_stream_events",
+            "Events of a stream by status (snapshot).",
+            ["stream", "status"],
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "eventbus_stream_backlog", "Unprocessed events of a stream (snapshot).", ["stream"], registry=r
+        )
         self.dead = Gauge("eventbus_events_dead", "Dead events in all streams (snapshot).", registry=r)
-        self.snapshot_time = Gauge("eventbus_stream_stats_timestamp_seconds",
-                                   "When the per-stream figures were read (Unix time).", registry=r)
+        self.snapshot_time = Gauge(
+            "eventbus_stream_stats_timestamp_seconds",
+            "When the per-stream figures were read (Unix time).",
+            registry=r,
+        )
         self._children: dict[tuple[str, str], Any] = {}
         self._latency: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -221,7 +238,10 @@ class MeteredDispatcher:
                 return result.addCallback(done)
             return done(result)
 
-        return dataclasses.replace(request, run=timed_run)
+        # The same object, not a copy: a request verified in a thread sets
+        # its code on it later, and the protocol reads it there.
+        request.run = timed_run
+        return request
 
 
 class MeteredEvents:

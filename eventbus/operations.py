@@ -393,7 +393,7 @@ def _exact_int(text: str) -> int:
 def _has_huge_integer(line: bytes) -> bool:
     try:
         json.loads(line, parse_int=_exact_int)
-    except ValueError:
+    except (ValueError, RecursionError):  # orjson nests deeper than the stdlib parser
         return True
     return False
 
@@ -422,7 +422,7 @@ class Dispatcher:
             request = orjson.loads(line)
         except orjson.JSONDecodeError:
             request = None
-        if _LONG_DIGITS.search(line) and _has_huge_integer(line):
+        if request is not None and _LONG_DIGITS.search(line) and _has_huge_integer(line):
             request = None
         if not isinstance(request, dict):
             return _answered("decode_request", error_line("decode_request", errors.invalid_json()))
@@ -450,8 +450,9 @@ class Dispatcher:
                 raise errors.forbidden(op.name, name)
         except BusError as e:
             return _answered(op.name, error_line(op.name, e), code=e.code)
-        ctx = Context(self.streams, self.events, client, now_us(self.reactor), self.max_page, self.reactor)
-        return Request(op.name, op.lane_for(args), op.closes, lambda: self._run(op, ctx, args))
+        # The time is read when the request runs, not when it arrived: it
+        # may wait behind a long poll, and a lease must start when it is granted.
+        return Request(op.name, op.lane_for(args), op.closes, lambda: self._run(op, client, args))
 
     def _after_verification(self, op: Operation, request: dict[str, Any], verifying: Deferred) -> Request:
         """A request whose secret is being verified off the reactor thread:
@@ -467,6 +468,8 @@ class Dispatcher:
             return checked.run()
 
         def refused(failure: Failure) -> bytes:
+            if failure.check(CancelledError):
+                return b""  # the client went away while we verified
             failure.trap(BusError)
             held.code = failure.value.code
             return error_line(op.name, failure.value)
@@ -486,7 +489,8 @@ class Dispatcher:
                 args[f.name] = f.parse(value)
         return args
 
-    def _run(self, op: Operation, ctx: Context, args: dict[str, Any]) -> bytes | Deferred:
+    def _run(self, op: Operation, client: Client | None, args: dict[str, Any]) -> bytes | Deferred:
+        ctx = Context(self.streams, self.events, client, now_us(self.reactor), self.max_page, self.reactor)
         try:
             result = op.handler(ctx, args)
         except BusError as e:

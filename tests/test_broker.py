@@ -376,3 +376,41 @@ def test_stream_retention_purges_old_events(client: LineClient, stream_name: str
         time.sleep(0.2)
     assert client.call("get_stream_events", {"stream_name": stream_name})["events"] == []
     assert client.call("get_stream_info", {"stream_name": stream_name})["stats"]["total"] == 0
+
+
+def test_mark_events_settles_a_leased_page_under_its_lease(client: LineClient, stream_name: str) -> None:
+    client.call("create_stream", {"stream_name": stream_name})
+    _write_n(client, stream_name, 3)
+    page = client.call("process_events", {"stream_name": stream_name, "lease_seconds": 60})["events"]
+    lease_ids = {e["lease_id"] for e in page}
+    assert len(page) == 3 and len(lease_ids) == 1
+    marked = client.call(
+        "mark_events", {"event_ids": [e["id"] for e in page], "status": 1, "lease_id": lease_ids.pop()}
+    )
+    assert marked == {"marked": 3, "not_found": [], "lease_lost": []}
+
+
+def test_lease_starts_when_granted_not_when_queued(client: LineClient, stream_name: str) -> None:
+    client.call("create_stream", {"stream_name": stream_name})
+    client.call("create_stream", {"stream_name": stream_name + "-empty"})
+    _write_n(client, stream_name, 1)
+    # The leasing request waits behind a 1.5 s long poll on the same connection.
+    client.send(
+        {
+            "operation": "process_events",
+            "auth": DEFAULT_AUTH,
+            "body": {"stream_name": stream_name + "-empty", "wait_seconds": 1.5},
+        }
+    )
+    client.send(
+        {
+            "operation": "process_events",
+            "auth": DEFAULT_AUTH,
+            "body": {"stream_name": stream_name, "lease_seconds": 1},
+        }
+    )
+    assert client.read()["body"]["events"] == []
+    leased = client.read()["body"]["events"]
+    assert len(leased) == 1
+    # Granted after the wait, so it still holds: nobody else can take it yet.
+    assert client.call("process_events", {"stream_name": stream_name, "lease_seconds": 1})["events"] == []

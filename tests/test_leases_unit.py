@@ -91,3 +91,13 @@ def test_mark_under_expired_lease_is_lost(conn: sa.Connection) -> None:
     txn(conn, q.mark_event_txn, leased.id, PROCESSED, leased.lease_id, T0 + 5 * S - 1)
     [stored] = txn(conn, q.read_page_txn, "s", None, None, 10).events
     assert stored.status == PROCESSED and stored.lease_id is None
+
+
+def test_page_of_only_dead_letters_still_points_past_itself(conn: sa.Connection) -> None:
+    txn(conn, q.create_stream_txn, "s", T0, 1)
+    a, b, c = txn(conn, q.write_events_txn, "s", ["1", "2", "3"], T0).events
+    txn(conn, q.lease_page_txn, "s", UNPROCESSED, None, 2, 1, T0)  # a and b: their one delivery
+    page = txn(conn, q.lease_page_txn, "s", UNPROCESSED, None, 2, 1, T0 + S)
+    assert page.events == [] and page.next_after_seq == b.seq  # both died; c is still ahead
+    after = txn(conn, q.lease_page_txn, "s", UNPROCESSED, page.next_after_seq, 2, 1, T0 + S)
+    assert [e.id for e in after.events] == [c.id]

@@ -105,3 +105,10 @@ def test_key_with_nul_is_refused_on_every_backend(client: LineClient, stream_nam
     response = client.request("write_event", {"stream_name": stream_name, "event": 1, "key": "a\x00b"})
     assert response["code"] == "invalid_field" and "key" in response["reason"]
     assert client.call("get_stream_events", {"stream_name": stream_name})["events"] == []
+
+
+def test_deep_nesting_with_long_numbers_is_invalid_json(client: LineClient) -> None:
+    line = b'{"operation": "health", "x": ' + b"[" * 1000 + b"1234567890123456789" + b"]" * 1000 + b"}\n"
+    client.send_raw(line)
+    assert client.read()["code"] == "invalid_json"
+    assert client.request("health", auth=None)["status"] is True

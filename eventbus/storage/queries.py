@@ -389,42 +389,39 @@ def lease_page_txn(
     rows = conn.execute(query).all()
     more = len(rows) > limit
     rows = rows[:limit]
+    # Where the next page starts: after this one's last row, even when that
+    # row was dead-lettered below rather than handed out.
+    next_after_seq = rows[-1].seq if more else None
     if stream.max_deliveries is not None:
         spent = [r for r in rows if r.deliveries >= stream.max_deliveries]
         if spent:
             _dead_letter(conn, spent)
             rows = [r for r in rows if r.deliveries < stream.max_deliveries]
     expires = now + lease_seconds * _US
-    leased = []
-    updates = []
-    for row in rows:
-        token = random_token()
-        updates.append({"b_seq": row.seq, "b_lease": token})
-        leased.append(
-            Event(
-                row.seq,
-                row.id,
-                stream.id,
-                row.status,
-                row.created_at,
-                row.body,
-                row.deliveries + 1,
-                token,
-                expires,
-            )
-        )
-    if updates:
+    # One token for this delivery of the whole page, so mark_events can
+    # settle the page under it; a later lease of any of them gets a new one.
+    token = random_token()
+    if rows:
         conn.execute(
             sa.update(events)
-            .where(events.c.seq == sa.bindparam("b_seq"))
-            .values(
-                lease_id=sa.bindparam("b_lease"),
-                lease_expires=expires,
-                deliveries=events.c.deliveries + 1,
-            ),
-            updates,
+            .where(events.c.seq.in_([row.seq for row in rows]))
+            .values(lease_id=token, lease_expires=expires, deliveries=events.c.deliveries + 1)
         )
-    return Page(stream, leased, rows[-1].seq if more and rows else None)
+    leased = [
+        Event(
+            row.seq,
+            row.id,
+            stream.id,
+            row.status,
+            row.created_at,
+            row.body,
+            row.deliveries + 1,
+            token,
+            expires,
+        )
+        for row in rows
+    ]
+    return Page(stream, leased, next_after_seq)
 
 
 def _dead_letter(conn: sa.Connection, rows: Sequence[Any]) -> None:
