@@ -414,3 +414,13 @@ def test_lease_starts_when_granted_not_when_queued(client: LineClient, stream_na
     assert len(leased) == 1
     # Granted after the wait, so it still holds: nobody else can take it yet.
     assert client.call("process_events", {"stream_name": stream_name, "lease_seconds": 1})["events"] == []
+
+
+def test_seq_is_never_handed_out_twice(client: LineClient, stream_name: str) -> None:
+    doomed = stream_name + "-doomed"
+    client.call("create_stream", {"stream_name": stream_name})
+    client.call("create_stream", {"stream_name": doomed})
+    highest = client.call("write_events", {"stream_name": doomed, "events": [1, 2, 3]})["events"][-1]["seq"]
+    client.call("delete_stream", {"stream_name": doomed})  # the newest events go
+    after = client.call("write_event", {"stream_name": stream_name, "event": 4})["event"]["seq"]
+    assert after > highest

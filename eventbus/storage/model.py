@@ -65,6 +65,10 @@ events = sa.Table(
         sqlite_where=sa.text("lease_expires IS NOT NULL"),
         postgresql_where=sa.text("lease_expires IS NOT NULL"),
     ),
+    # seq is never reused, even after the newest events are deleted (a
+    # reader's after_seq cursor must never see a number twice). PostgreSQL's
+    # sequence already behaves so; SQLite needs AUTOINCREMENT.
+    sqlite_autoincrement=True,
 )
 
 # Counts of each stream's events by status, kept in the same transactions

@@ -58,7 +58,8 @@ _INSERT_ROWS = (
 )
 assert tuple(_INSERT_ROWS.positiontup or ()) == _ROW_COLS, "rows are passed to the driver in this order"
 _INSERT_ROWS_SQL = str(_INSERT_ROWS)
-_MAX_SEQ_SQL = str(sa.select(sa.func.max(events.c.seq)).compile(dialect=sqlite.dialect()))
+# The highest seq ever handed out (events is AUTOINCREMENT: never reused).
+_LAST_SEQ_SQL = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 _STREAM_BY_NAME_SQL = str(_SELECT_STREAM.compile(dialect=sqlite.dialect()))
 _US = 1_000_000
 _STATUSES = (UNPROCESSED, PROCESSED, RETRY, DEAD)
@@ -272,14 +273,14 @@ def _insert_events(conn: sa.Connection, rows: list[tuple]) -> Sequence[int]:
     """Insert events given as (id, stream_sid, created_at, body, idem_key); their seqs, in order.
 
     SQLite: the writer holds the write lock (BEGIN IMMEDIATE), so it
-    allocates seq itself, max + 1 onwards as SQLite itself would (the key is
-    not AUTOINCREMENT), and the driver inserts all rows in one executemany
+    allocates seq itself, from the highest ever handed out, as SQLite's
+    AUTOINCREMENT would, and the driver inserts all rows in one executemany
     of a statement compiled once: no RETURNING, no SQLAlchemy work per row
     (exec_driver_sql still shows the statements to engine events and logs).
     Other databases: the generic INSERT ... RETURNING, in parameter order.
     """
     if conn.dialect.name == "sqlite":
-        first = (conn.exec_driver_sql(_MAX_SEQ_SQL).scalar() or 0) + 1
+        first = (conn.exec_driver_sql(_LAST_SEQ_SQL).scalar() or 0) + 1
         conn.exec_driver_sql(
             _INSERT_ROWS_SQL,
             [
