@@ -83,6 +83,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self._delayed: set[IDelayedCall] = set()
         self._producing = False  # registered as the transport's producer
         self._pending_bytes = 0  # request bytes not yet answered
+        self._starting = False  # inside _start_blocked
         # TimeoutMixin's clock: the factory's reactor (a Clock in unit tests).
         self.callLater = factory.reactor.callLater
 
@@ -289,11 +290,23 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         if not self._lost:
             slot.line = line
             self._running -= 1
-            while self._blocked and (self._running == 0 or self._blocked[0][1].lane == self._lane):
-                self._start(*self._blocked.popleft())
+            self._start_blocked()
             self._flush()
         # Last, so a shutdown waiting for the drain counts the requests just started.
         self.factory.request_done()
+
+    def _start_blocked(self) -> None:
+        """Start the waiting requests whose turn has come, in one flat loop: a
+        request that finishes at once calls back in here, and must not start
+        the next one from inside itself (hundreds deep, it would overflow)."""
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self._blocked and (self._running == 0 or self._blocked[0][1].lane == self._lane):
+                self._start(*self._blocked.popleft())
+        finally:
+            self._starting = False
 
     # -- output --------------------------------------------------------------------
 

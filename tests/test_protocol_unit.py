@@ -513,3 +513,36 @@ def test_stop_reading_answers_what_was_taken_and_takes_nothing_new() -> None:
     script.finish("r")
     assert drained.called
     assert lines(transport) == done("w", "r")
+
+
+def test_many_queued_requests_that_finish_at_once_do_not_recurse() -> None:
+    """The first request is slow; 3,000 queue behind it in alternating lanes,
+    each finishing synchronously when its turn comes (a refused storage call
+    does): all must be answered, in order, without a RecursionError."""
+    from twisted.internet.defer import Deferred, succeed
+    from twisted.internet.testing import StringTransport
+
+    from eventbus.operations import READ, WRITE, Request
+    from eventbus.protocol import BusFactory, Limits
+
+    slow: Deferred = Deferred()
+
+    class _Dispatcher:
+        n = 0
+
+        def prepare(self, line: bytes) -> Request:
+            self.n += 1
+            answer = b'{"n":%d}\n' % self.n
+            run = (lambda: slow) if self.n == 1 else (lambda: succeed(answer))
+            return Request("op", READ if self.n % 2 else WRITE, False, run)
+
+    factory = BusFactory(_Dispatcher(), Limits(max_pending_requests=10_000), Clock())  # type: ignore[arg-type]
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"{}\n" * 3001)
+    assert transport.value() == b""
+    slow.callback(b'{"n":1}\n')
+    lines = transport.value().splitlines()
+    assert lines == [b'{"n":%d}' % i for i in range(1, 3002)]
+    assert factory.inflight == 0
