@@ -171,7 +171,9 @@ def _parse_server(section: Any) -> ServerConfig:
         else:
             ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
         if not ok:
-            kind = "a non-empty string" if isinstance(default, str) else "a positive number"
+            kind = {str: "a non-empty string", float: "a positive number"}.get(
+                type(default), "a positive integer"
+            )
             raise ConfigError(f"server.{key} must be {kind} (got {value!r})")
         values[key] = value
     return ServerConfig(**values)

@@ -56,11 +56,10 @@ def event_not_found(event_id: str) -> BusError:
     return BusError("event_not_found", f"event '{event_id}' not found")
 
 
-def invalid_status(allow_dead: bool = True) -> BusError:
-    choices = "0 - unprocessed, 1 - processed, 2 - retry"
-    if allow_dead:
-        choices += ", 3 - dead"
-    return BusError("invalid_status", f"status must be one of: {choices}")
+def invalid_status() -> BusError:
+    return BusError(
+        "invalid_status", "status must be one of: 0 - unprocessed, 1 - processed, 2 - retry, 3 - dead"
+    )
 
 
 def lease_lost(event_id: str) -> BusError:

@@ -42,7 +42,6 @@ class Housekeeping(Service):
         self.interval = interval
         self._loop: LoopingCall | None = None
         self._done: Deferred | None = None
-        self.purged = 0
 
     def startService(self) -> None:
         super().startService()
@@ -71,7 +70,6 @@ class Housekeeping(Service):
                 purged = yield self.db.write(
                     q.purge_expired_txn, now_us(self.reactor), self.retention_seconds, BATCH
                 )
-                self.purged += purged
                 if purged < BATCH:
                     break
         except Exception:

@@ -89,8 +89,9 @@ class IDispatcher(Interface):
     def prepare(line):
         """Decode, authenticate and validate one request line (bytes, no line
         ending) on the reactor thread, touching no storage. Returns a
-        :class:`eventbus.operations.Request`: its ``lane`` (None, "read" or
-        "write") says how it orders against the connection's other requests,
+        :class:`eventbus.operations.Request`: its ``lane`` (None, "read",
+        "write", or a lane of its own while a hashed secret is verified) says
+        how it orders against the connection's other requests,
         ``closes`` whether the connection ends after its answer, and ``run()``
         starts it and returns the response line (bytes) or a Deferred that
         fires with it and never fails. Rejected requests come back already

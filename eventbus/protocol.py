@@ -173,7 +173,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
             return
         if line.endswith(b"\r"):
             line = line[:-1]
-        if not line.strip():
+        if not line or line.isspace():  # blank lines are ignored (no copy of the line)
             return
         self.resetTimeout()
         try:

@@ -19,7 +19,6 @@ named profiles::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +131,3 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             values[key] = str(values[key])
     return Settings(**values)
 
-
-def from_environment(flags: Mapping[str, Any]) -> Settings:
-    return resolve(flags, os.environ)

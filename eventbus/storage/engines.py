@@ -34,10 +34,6 @@ _PENDING = "eventbus.at_commit"
 T = TypeVar("T")
 
 
-def is_sqlite(url: str | URL) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
 def pg_connect_args(url: URL, role: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> dict[str, Any]:
     """libpq settings for a connection of ``role``; the URL's own query wins."""
     args: dict[str, Any] = {

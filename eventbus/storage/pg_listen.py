@@ -61,9 +61,6 @@ class PgListener(Service):
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         self._flush_all = False
-        #: For tests and metrics: notifications received, times listening began.
-        self.received = 0
-        self.listens = 0
 
     def startService(self) -> None:
         super().startService()
@@ -87,7 +84,6 @@ class PgListener(Service):
                 try:
                     with psycopg.connect(uri, autocommit=True, **settings) as conn:
                         conn.execute(f'LISTEN "{self.channel}"')
-                        self.listens += 1
                         self.log.info("listening for changes from other nodes")
                         self._deliver(changed_all=True)
                         backoff = 0.1
@@ -114,7 +110,6 @@ class PgListener(Service):
             got = False
             for notify in conn.notifies(timeout=POLL_SECONDS):
                 got = True
-                self.received += 1
                 self._deliver(notify.payload)
             if got:
                 idle = 0.0
