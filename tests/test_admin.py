@@ -127,7 +127,7 @@ class _Db:
     def __init__(self, result: Deferred) -> None:
         self.result = result
 
-    def read(self, fn: Any, *args: Any) -> Deferred:
+    def write(self, fn: Any, *args: Any) -> Deferred:
         return self.result
 
 

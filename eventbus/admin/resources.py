@@ -82,7 +82,9 @@ class HealthResource(Resource):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         started = time.monotonic()
-        d = self.db.read(ping_txn)
+        # Through the writer: the one path every write takes must be alive
+        # (its thread running, the write lock obtainable), not just a reader.
+        d = self.db.write(ping_txn)
         timer = self.reactor.callLater(HEALTH_TIMEOUT, d.cancel)
 
         def ok(_: Any) -> dict[str, Any]:
