@@ -62,6 +62,8 @@ class Server:
     name = "server"
 
     def __init__(self, workdir: Path) -> None:
+        #: Extra environment for the process (bench.compare: PYTHONPATH).
+        self.env: dict[str, str] = {}
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"{self.name}.log"
@@ -87,7 +89,7 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
 
     def _wait_for_port(self, pattern: re.Pattern[bytes], timeout: float = 60.0) -> None:
