@@ -8,6 +8,7 @@ They take and return plain values (:mod:`eventbus.records`). Writes raise
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -15,7 +16,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
 from eventbus import errors
-from eventbus.ids import random_token, uuid7
+from eventbus.ids import random_token, uuid7s
 from eventbus.records import (
     DEAD,
     PROCESSED,
@@ -242,7 +243,7 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
             first_with_key[(stream.sid, key)] = i
         sid = stream.sid
         spans.append((i, len(rows), len(bodies)))
-        rows.extend([(uuid7(now), sid, now, body, key) for body in bodies])
+        rows.extend(zip(uuid7s(now, len(bodies)), repeat(sid), repeat(now), bodies, repeat(key)))
     if rows:
         seqs = _insert_events(conn, rows)
         added: dict[tuple[int, int], int] = {}
