@@ -3,8 +3,6 @@ pipelining, TLS, the consumer loop, threads, and the Twisted client."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import select
 import socket
 import subprocess
@@ -34,6 +32,7 @@ from eventbus.client import (
 )
 from eventbus.client.calls import Call
 from tests.servers import ROOT, TEST_CLIENTS, ServerProcess
+from tests.tls import self_signed
 
 CREDS = TEST_CLIENTS["go-client"]
 
@@ -342,44 +341,8 @@ def test_competing_consumers_one_client_per_thread(server: ServerProcess, stream
         c.close()
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = tmp / "key.pem", tmp / "cert.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
 def test_tls(tmp_path: Path) -> None:
-    key, cert = _self_signed(tmp_path)
+    key, cert = self_signed(tmp_path)
     listen = f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1"
     proc = ServerProcess(tmp_path / "tls", listen=listen).start()
     try:

@@ -3,8 +3,6 @@ repeated failures, access control per client, TLS, and what the log keeps."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import socket
 import ssl
@@ -24,6 +22,7 @@ from eventbus.config import ClientConfig, ConfigError, parse
 from eventbus.errors import BusError
 from tests.busclient import LineClient
 from tests.servers import ROOT, ServerProcess
+from tests.tls import self_signed
 
 PLAIN = {"client_id": "plain-id", "client_secret": "plain-secret-Q7"}
 HASHED_SECRET = "hashed-secret-Z9"
@@ -371,42 +370,6 @@ def test_repeated_failures_from_one_address_are_slowed_down(tmp_path: Path) -> N
 
 
 # -- TLS -------------------------------------------------------------------------------------------
-
-
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A throwaway certificate for 127.0.0.1 and localhost, and its key."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "eventbus test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = tmp / "key.pem", tmp / "cert.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
 
 
 def test_tls(tmp_path: Path) -> None:
