@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
 
-class LineClient:
-    """One Event Bus (or echo) connection: lines out, lines in."""
+class _Connection:
+    """A TCP connection to 127.0.0.1 with a buffered reader."""
 
     def __init__(self, port: int, timeout: float = 60.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -20,11 +20,15 @@ class LineClient:
         self.file.close()
         self.sock.close()
 
-    def __enter__(self) -> LineClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LineClient(_Connection):
+    """One Event Bus (or echo) connection: lines out, lines in."""
 
     def read(self) -> dict[str, Any]:
         line = self.file.readline()
@@ -58,23 +62,8 @@ class RespError(Exception):
     """An error reply from Redis."""
 
 
-class RespClient:
+class RespClient(_Connection):
     """One Redis connection: commands out, parsed replies in."""
-
-    def __init__(self, port: int, timeout: float = 60.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.file = self.sock.makefile("rb", buffering=1 << 20)
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-    def __enter__(self) -> RespClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def read(self) -> Any:
         """One reply: bytes, int, None, or a list of replies."""
