@@ -112,7 +112,10 @@ def test_upgrade_step_by_step_keeps_data_and_backfills_counts(database_url: str)
     engine = make_engine(database_url, role="writer")
     try:
         with engine.connect() as conn:
+            assert migrate.current_revision(conn) == migrate.head_revision()
             assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            bodies = conn.exec_driver_sql("SELECT body FROM events ORDER BY seq").scalars().all()
+        assert bodies == ['"v1"', '"v2"', '"v3"', '"v4"', '"v5"']
         assert counts(engine, "old") == (2, 1, 1, 1)
         # Explicit keys were inserted above: new rows must still get fresh ones
         # (on PostgreSQL the sequences do not know about them by themselves).

@@ -18,7 +18,6 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from twisted.python.failure import Failure
 
 from eventbus.errors import BusError
@@ -86,44 +85,6 @@ def test_indexes_and_partial_index_predicate_are_as_modelled(engine: sa.Engine) 
     modelled = {ix.name for table in metadata.tables.values() for ix in table.indexes}
     assert set(created) == modelled
     assert re.search(r"WHERE\s+lease_expires IS NOT NULL", created["ix_events_lease_expires"])
-
-
-def test_upgrade_step_by_step_equals_fresh_and_keeps_data(tmp_path: Path) -> None:
-    """An old database brought up one revision at a time ends up identical
-    to a fresh one, with its data intact (and derived data backfilled)."""
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    revisions = [r.revision for r in ScriptDirectory.from_config(migrate.alembic_config()).walk_revisions()]
-    revisions.reverse()  # base first
-    migrate.upgrade(url, revisions[0])
-    old = make_engine(url, role="writer")
-    try:
-        with old.connect() as conn, conn.begin():
-            conn.exec_driver_sql(
-                "INSERT INTO streams (sid, id, name, created_at) VALUES (1, 'sid-1', 'old', 5)"
-            )
-            for seq, status in enumerate([0, 0, 1, 2, 3], start=1):
-                conn.exec_driver_sql(
-                    "INSERT INTO events (seq, id, stream_sid, status, created_at, body, deliveries) "
-                    f"VALUES ({seq}, 'e{seq}', 1, {status}, 5, '\"v{seq}\"', 0)"
-                )
-    finally:
-        old.dispose()
-    for revision in revisions[1:]:
-        migrate.upgrade(url, revision)
-    migrate.upgrade(url)  # at head already: a no-op
-    engine = make_engine(url, role="writer")
-    try:
-        with engine.connect() as conn:
-            assert migrate.current_revision(conn) == migrate.head_revision()
-            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
-        assert bodies(engine, "old") == ['"v1"', '"v2"', '"v3"', '"v4"', '"v5"']
-        _, stats = txn(engine, q.stats_txn, "old", T0)
-        assert (stats.unprocessed, stats.processed, stats.retry, stats.dead, stats.total) == (2, 1, 1, 1, 5)
-        # The migrated database works like a fresh one.
-        txn(engine, q.write_events_txn, "old", ['"new"'], T0)
-        assert bodies(engine, "old")[-1] == '"new"'
-    finally:
-        engine.dispose()
 
 
 def test_sqlite_settings_on_every_connection(url: str, engine: sa.Engine) -> None:
