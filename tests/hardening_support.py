@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from eventbus.auth import Authenticator, FailureThrottle
@@ -181,3 +184,19 @@ def send_until_stalled(
     finally:
         sock.setblocking(True)
     return sent
+
+
+@contextmanager
+def logged_failures() -> Iterator[list[dict[str, Any]]]:
+    """Log events that carry a failure (a traceback), while the block runs."""
+    seen: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield seen
+    finally:
+        globalLogPublisher.removeObserver(observe)

@@ -17,11 +17,10 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.logger import globalLogPublisher
 
 from eventbus.operations import OPERATIONS
 from tests.busclient import DEFAULT_AUTH, LineClient
-from tests.hardening_support import AUTH, Harness, check_response
+from tests.hardening_support import AUTH, Harness, check_response, logged_failures
 from tests.servers import ServerProcess
 
 MAX_LINE = 4096
@@ -161,15 +160,8 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 
 @pytest.fixture(scope="module")
 def failures() -> Iterator[list[dict[str, Any]]]:
-    seen: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield seen
-    globalLogPublisher.removeObserver(observe)
+    with logged_failures() as seen:
+        yield seen
 
 
 def expected_answers(harness: Harness, sent: list[bytes]) -> list[str]:

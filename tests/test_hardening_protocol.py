@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import fail, succeed
-from twisted.logger import globalLogPublisher
 
 from eventbus.auth import FailureThrottle
 from eventbus.bus import Events
 from eventbus.operations import Dispatcher, Request
-from tests.hardening_support import AUTH, Harness, check_response, request, responses
+from tests.hardening_support import AUTH, Harness, check_response, logged_failures, request, responses
 
 WRONG = {"client_id": AUTH["client_id"], "client_secret": "wrong"}
 
@@ -32,15 +31,8 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 @pytest.fixture
 def failures() -> Iterator[list[dict[str, Any]]]:
     """Log events that carry a failure (tracebacks), while the test runs."""
-    seen: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield seen
-    globalLogPublisher.removeObserver(observe)
+    with logged_failures() as seen:
+        yield seen
 
 
 def long_poll(stream: str, wait: float) -> bytes:

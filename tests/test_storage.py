@@ -306,6 +306,17 @@ def outcome(d: Any) -> list[Any]:
     return box
 
 
+def _run_queued(writer: GroupCommitWriter, hop: ThreadHop, results: list[list[Any]]) -> None:
+    """Start the writer on the jobs queued so far, wait for all their
+    results, then stop it."""
+    writer.start()
+    try:
+        hop.run_until(lambda: all(results))
+    finally:
+        stopped = outcome(writer.stop())
+        hop.run_until(lambda: bool(stopped))
+
+
 def _explode(conn: sa.Connection, name: str) -> None:
     """A buggy job: changes something, then fails with a non-BusError."""
     q.create_stream_txn(conn, name, T0)
@@ -318,12 +329,7 @@ def test_group_commit_runs_all_pending_jobs_in_one_transaction(engine: sa.Engine
     txn(engine, q.create_stream_txn, "g", T0, None, None)
     results = [outcome(writer.submit(q.write_events_txn, "g", [f'"{n}"'], T0)) for n in range(50)]
     results.append(outcome(writer.submit(q.create_stream_txn, "h", T0)))
-    writer.start()  # all 51 are queued before the thread looks
-    try:
-        hop.run_until(lambda: all(results))
-    finally:
-        stopped = outcome(writer.stop())
-        hop.run_until(lambda: bool(stopped))
+    _run_queued(writer, hop, results)  # all 51 are queued before the thread looks
     assert (writer.batches, writer.jobs) == (1, 51)
     assert [r[0].events[0].body for r in results[:50]] == [f'"{n}"' for n in range(50)]
     assert bodies(engine, "g") == [f'"{n}"' for n in range(50)]
@@ -343,12 +349,7 @@ def test_one_refused_job_does_not_fail_its_batch(engine: sa.Engine) -> None:
         (q.write_events_txn, ("b", ['"3"'], T0)),
     ]
     results = [outcome(writer.submit(fn, *args)) for fn, args in jobs]
-    writer.start()
-    try:
-        hop.run_until(lambda: all(results))
-    finally:
-        stopped = outcome(writer.stop())
-        hop.run_until(lambda: bool(stopped))
+    _run_queued(writer, hop, results)
     assert writer.batches == 1
     codes = [r[0].value.code if isinstance(r[0], Failure) else "ok" for r in results]
     assert codes == ["ok", "stream_exists", "ok", "stream_not_found", "event_not_found", "ok", "ok"]
@@ -369,12 +370,7 @@ def test_a_failing_job_is_charged_alone_and_its_changes_undone(engine: sa.Engine
         (q.write_events_txn, ("a", ['"3"'], T0)),
     ]
     results = [outcome(writer.submit(fn, *args)) for fn, args in jobs]
-    writer.start()
-    try:
-        hop.run_until(lambda: all(results))
-    finally:
-        stopped = outcome(writer.stop())
-        hop.run_until(lambda: bool(stopped))
+    _run_queued(writer, hop, results)
     assert not isinstance(results[0][0], Failure)
     assert not isinstance(results[1][0], Failure)
     failed = results[2][0]
