@@ -33,10 +33,11 @@ class Streams:
         return self.db.write(q.create_stream_txn, name, now, max_deliveries, retention_seconds)
 
     def delete(self, name: str) -> Deferred:
-        d = self.db.write(q.delete_stream_txn, name)
         # Long polls on a deleted stream wake and find it gone.
-        d.addCallback(lambda _: self.notifier.changed(name))
-        return _detached(d)
+        return self.db.write(q.delete_stream_txn, name, committed=self._deleted)
+
+    def _deleted(self, args: tuple, _: None) -> None:
+        self.notifier.changed(args[0])
 
     def stats(self, name: str, now: int) -> Deferred:
         return self.db.read(q.stats_txn, name, now)
@@ -52,14 +53,11 @@ class Events:
         self.notifier = notifier
 
     def write(self, stream_name: str, bodies: list[str], now: int, key: str | None = None) -> Deferred:
-        d = self.db.write(q.write_events_txn, stream_name, bodies, now, key)
-        d.addCallback(self._written, stream_name)
-        return _detached(d)
+        return self.db.write(q.write_events_txn, stream_name, bodies, now, key, committed=self._written)
 
-    def _written(self, written: Written, stream_name: str) -> Written:
+    def _written(self, args: tuple, written: Written) -> None:
         if not written.duplicate:
-            self.notifier.changed(stream_name)
-        return written
+            self.notifier.changed(args[0])
 
     def read(self, stream_name: str, status: int | None, after_seq: int | None, limit: int) -> Deferred:
         return self.db.read(q.read_page_txn, stream_name, status, after_seq, limit)
@@ -84,30 +82,18 @@ class Events:
     def mark_one(
         self, event_id: str, status: int, lease_id: str | None, now: int, visible: Visible = None
     ) -> Deferred:
-        d = self.db.write(q.mark_event_txn, event_id, status, lease_id, now, visible)
-        d.addCallback(self._marked, status)
-        return _detached(d)
+        return self.db.write(q.mark_event_txn, event_id, status, lease_id, now, visible, committed=self._marked)
 
     def mark(
         self, event_ids: list[str], status: int, lease_id: str | None, now: int, visible: Visible = None
     ) -> Deferred:
-        d = self.db.write(q.mark_events_txn, event_ids, status, lease_id, now, visible)
-        d.addCallback(self._marked, status)
-        return _detached(d)
+        return self.db.write(q.mark_events_txn, event_ids, status, lease_id, now, visible, committed=self._marked)
 
-    def _marked(self, marked: Marked, status: int) -> Marked:
-        if status in (UNPROCESSED, RETRY):
+    def _marked(self, args: tuple, marked: Marked) -> None:
+        # args: (event id or ids, status, ...); events back on offer wake long polls.
+        if args[1] in (UNPROCESSED, RETRY):
             for name in marked.streams:
                 self.notifier.changed(name)
-        return marked
 
     def stop_waiting(self) -> None:
         self.notifier.wake_all()
-
-
-def _detached(d: Deferred) -> Deferred:
-    """The caller's own Deferred for a write: a caller that goes away cancels
-    only its copy, so the wake-ups chained above still run once it commits."""
-    out: Deferred = Deferred()
-    d.chainDeferred(out)
-    return out

@@ -15,9 +15,11 @@ class IDatabase(Interface):
 
     dialect = Attribute("The backend's name: 'sqlite' or 'postgresql'.")
 
-    def write(fn, *args):
+    def write(fn, *args, committed=None):
         """Run ``fn(conn, *args)`` in the writer's next group commit; a
-        Deferred that fires with its result after the commit."""
+        Deferred that fires with its result after the commit. Before it
+        does, ``committed(args, result)`` runs, even if the Deferred was
+        cancelled meanwhile: for what must follow every durable change."""
 
     def read(fn, *args):
         """Run ``fn(conn, *args)`` in a read transaction on a reader thread."""

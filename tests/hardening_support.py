@@ -53,16 +53,19 @@ class SynchronousDatabase:
         self.engine = make_engine(url, role="writer")
         self.conn = self.engine.connect()
 
-    def write(self, fn: Any, *args: Any) -> Deferred:
-        return self._txn(fn, args)
+    def write(self, fn: Any, *args: Any, committed: Any = None) -> Deferred:
+        return self._txn(fn, args, committed)
 
     def read(self, fn: Any, *args: Any) -> Deferred:
         return self._txn(fn, args)
 
-    def _txn(self, fn: Any, args: tuple) -> Deferred:
+    def _txn(self, fn: Any, args: tuple, committed: Any = None) -> Deferred:
         try:
             with self.conn.begin():
-                return succeed(fn(self.conn, *args))
+                result = fn(self.conn, *args)
+            if committed is not None:
+                committed(args, result)
+            return succeed(result)
         except BusError as e:
             return fail(e)
         except Exception:

@@ -74,24 +74,3 @@ def test_wake_all_answers_every_waiter() -> None:
     n.wake_all()
     assert results == [[True], [True], [True]]
     assert n.waiting() == 0
-
-
-def test_a_write_whose_caller_left_still_wakes_long_polls() -> None:
-    from twisted.internet.defer import Deferred
-
-    from eventbus.bus import Events
-    from eventbus.records import Written
-
-    committed: Deferred = Deferred()
-
-    class _DB:
-        def write(self, fn, *args):  # type: ignore[no-untyped-def]
-            return committed
-
-    n = ChangeNotifier(Clock())
-    events = Events(_DB(), n)  # type: ignore[arg-type]
-    asked = events.write("s", ["1"], 0)
-    asked.addErrback(lambda f: f.trap(CancelledError))
-    asked.cancel()  # the client disconnected before the commit
-    committed.callback(Written([], False))
-    assert n.version("s") == 1

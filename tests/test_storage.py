@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 
 from eventbus.errors import BusError
@@ -85,6 +86,7 @@ def test_indexes_and_partial_index_predicate_are_as_modelled(engine: sa.Engine) 
     modelled = {ix.name for table in metadata.tables.values() for ix in table.indexes}
     assert set(created) == modelled
     assert re.search(r"WHERE\s+lease_expires IS NOT NULL", created["ix_events_lease_expires"])
+    assert re.search(r"UNIQUE INDEX.*WHERE\s+idem_key IS NOT NULL", created["ix_events_stream_key"])
 
 
 def test_sqlite_settings_on_every_connection(url: str, engine: sa.Engine) -> None:
@@ -201,6 +203,15 @@ def test_leasing_reads_only_the_streams_rows_of_that_status(
     assert full_scans(details) == [], "\n".join(details)
     assert any("ix_events_stream_status_seq" in d for d in details), "\n".join(details)
     assert not any("TEMP B-TREE" in d for d in details), "\n".join(details)
+
+
+def test_a_keyed_write_finds_its_key_through_the_partial_key_index(
+    engine: sa.Engine, populated: dict[str, Any]
+) -> None:
+    txn(engine, q.write_events_txn, "one", ['"keyed"'], T0, "k-1")
+    details = plans(engine, q.write_events_txn, "one", ['"again"'], T0, "k-1")
+    assert full_scans(details) == [], "\n".join(details)
+    assert any("ix_events_stream_key" in d for d in details), "\n".join(details)
 
 
 def test_get_stream_events_reads_only_that_stream_in_order(
@@ -327,13 +338,29 @@ def test_group_commit_runs_all_pending_jobs_in_one_transaction(engine: sa.Engine
     hop = ThreadHop()
     writer = GroupCommitWriter(engine, hop)
     txn(engine, q.create_stream_txn, "g", T0, None, None)
-    results = [outcome(writer.submit(q.write_events_txn, "g", [f'"{n}"'], T0)) for n in range(50)]
-    results.append(outcome(writer.submit(q.create_stream_txn, "h", T0)))
+    results = [outcome(writer.submit(q.write_events_txn, ("g", [f'"{n}"'], T0))) for n in range(50)]
+    results.append(outcome(writer.submit(q.create_stream_txn, ("h", T0))))
     _run_queued(writer, hop, results)  # all 51 are queued before the thread looks
     assert (writer.batches, writer.jobs) == (1, 51)
     assert [r[0].events[0].body for r in results[:50]] == [f'"{n}"' for n in range(50)]
     assert bodies(engine, "g") == [f'"{n}"' for n in range(50)]
     assert results[50][0].name == "h"
+
+
+def test_the_commit_hook_runs_even_when_the_caller_left(engine: sa.Engine) -> None:
+    """A client gone before its write commits cancels only its Deferred: the
+    hook that wakes long polls still runs, with the job's args and result."""
+    hop = ThreadHop()
+    writer = GroupCommitWriter(engine, hop)
+    txn(engine, q.create_stream_txn, "c", T0, None, None)
+    seen: list[tuple] = []
+    left = writer.submit(q.write_events_txn, ("c", ['"1"'], T0), lambda args, r: seen.append((args, r)))
+    left.addErrback(lambda f: f.trap(CancelledError))
+    left.cancel()
+    stayed = outcome(writer.submit(q.write_events_txn, ("c", ['"2"'], T0), lambda args, r: seen.append((args, r))))
+    _run_queued(writer, hop, [stayed])
+    assert [(args[0], r.events[0].body) for args, r in seen] == [("c", '"1"'), ("c", '"2"')]
+    assert bodies(engine, "c") == ['"1"', '"2"']
 
 
 def test_one_refused_job_does_not_fail_its_batch(engine: sa.Engine) -> None:
@@ -348,7 +375,7 @@ def test_one_refused_job_does_not_fail_its_batch(engine: sa.Engine) -> None:
         (q.create_stream_txn, ("b", T0)),
         (q.write_events_txn, ("b", ['"3"'], T0)),
     ]
-    results = [outcome(writer.submit(fn, *args)) for fn, args in jobs]
+    results = [outcome(writer.submit(fn, args)) for fn, args in jobs]
     _run_queued(writer, hop, results)
     assert writer.batches == 1
     codes = [r[0].value.code if isinstance(r[0], Failure) else "ok" for r in results]
@@ -369,7 +396,7 @@ def test_a_failing_job_is_charged_alone_and_its_changes_undone(engine: sa.Engine
         (q.create_stream_txn, ("a", T0)),  # still stream_exists
         (q.write_events_txn, ("a", ['"3"'], T0)),
     ]
-    results = [outcome(writer.submit(fn, *args)) for fn, args in jobs]
+    results = [outcome(writer.submit(fn, args)) for fn, args in jobs]
     _run_queued(writer, hop, results)
     assert not isinstance(results[0][0], Failure)
     assert not isinstance(results[1][0], Failure)
@@ -388,11 +415,11 @@ def test_writer_stop_runs_what_is_queued(engine: sa.Engine) -> None:
     hop = ThreadHop()
     writer = GroupCommitWriter(engine, hop)
     txn(engine, q.create_stream_txn, "s", T0, None, None)
-    results = [outcome(writer.submit(q.write_events_txn, "s", [f'"{n}"'], T0)) for n in range(10)]
+    results = [outcome(writer.submit(q.write_events_txn, ("s", [f'"{n}"'], T0))) for n in range(10)]
     stopped = outcome(writer.stop())
     writer.start()
     hop.run_until(lambda: bool(stopped) and all(results))
     assert bodies(engine, "s") == [f'"{n}"' for n in range(10)]
     with pytest.raises(BusError) as e:
-        writer.submit(q.write_events_txn, "s", ['"late"'], T0)
+        writer.submit(q.write_events_txn, ("s", ['"late"'], T0))
     assert e.value.code == "unavailable"

@@ -23,7 +23,7 @@ from eventbus import errors
 from eventbus.interfaces import IDatabase
 from eventbus.storage import migrate
 from eventbus.storage.engines import BUSY_TIMEOUT_MS, make_engine
-from eventbus.storage.writer import GroupCommitWriter
+from eventbus.storage.writer import Committed, GroupCommitWriter
 
 
 @implementer(IDatabase)
@@ -74,11 +74,11 @@ class Database(Service):
 
         return d.addCallback(_close)
 
-    def write(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+    def write(self, fn: Callable[..., Any], *args: Any, committed: Committed | None = None) -> Deferred:
         if self.writer is None or not self.running:
             return _refused()
         try:
-            return self.writer.submit(fn, *args)
+            return self.writer.submit(fn, args, committed)
         except errors.BusError as e:
             return fail(e)
 

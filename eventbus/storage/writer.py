@@ -28,12 +28,19 @@ from eventbus.errors import BusError
 
 
 class _Job:
-    __slots__ = ("fn", "args", "deferred")
+    __slots__ = ("fn", "args", "deferred", "committed")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple, committed: Committed | None) -> None:
         self.fn = fn
         self.args = args
         self.deferred: Deferred = Deferred()
+        self.committed = committed
+
+
+#: ``committed(args, result)``: called on the reactor thread once a job's
+#: change is durable, before its Deferred fires, whether or not the caller
+#: still waits for it (a client gone away cancels only its Deferred).
+Committed = Callable[[tuple, Any], None]
 
 
 #: Gathering before a commit, like PostgreSQL's commit_delay: when the last
@@ -70,9 +77,9 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="eventbus-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+    def submit(self, fn: Callable[..., Any], args: tuple, committed: Committed | None = None) -> Deferred:
         """Queue ``fn(conn, *args)``; the Deferred fires after its commit."""
-        job = _Job(fn, args)
+        job = _Job(fn, args, committed)
         with self._cond:
             if self._stopping:
                 raise BusError("unavailable", "the server is shutting down")
@@ -219,5 +226,10 @@ def _deliver(jobs: list[_Job], results: list[Any]) -> None:
     for job, result in zip(jobs, results):
         if isinstance(result, (BusError, Failure)):
             job.deferred.errback(result)
-        else:
-            job.deferred.callback(result)
+            continue
+        if job.committed is not None:
+            try:
+                job.committed(job.args, result)
+            except Exception:
+                GroupCommitWriter.log.failure("after-commit hook failed")
+        job.deferred.callback(result)
