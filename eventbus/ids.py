@@ -9,23 +9,29 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 
 
-def _format(n: int) -> str:
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+def uuid7s(nows_us: Sequence[int]) -> list[str]:
+    """One UUIDv7 string per time in ``nows_us`` (epoch microseconds).
 
-
-def uuid7s(now_us: int, count: int) -> list[str]:
-    """``count`` UUIDv7 strings for the time ``now_us`` (epoch
-    microseconds): one read of the system's
-    randomness for all of them (a batch write makes hundreds at once)."""
-    stamp = ((now_us // 1000) & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | 0x2 << 62
-    pool = os.urandom(10 * count)
+    RFC 9562's method 2: the random bits are drawn once per call and count up
+    from there, so a whole group commit costs one read of the system's
+    randomness and one short format per id (ids of one call sort in call
+    order within a millisecond; across calls they are random).
+    """
+    r = int.from_bytes(os.urandom(10), "big")
+    middle = f"-7{r >> 68 & 0xFFF:03x}-{0x8000 | (r >> 48 & 0x3FFF):04x}-"
+    base = r & 0x7FFFFFFFFFFF  # 47 bits: counting up stays within the 48-bit field
     out = []
-    for k in range(0, 10 * count, 10):
-        rand = int.from_bytes(pool[k : k + 10], "big")
-        out.append(_format(stamp | (rand >> 68 & 0xFFF) << 64 | (rand & 0x3FFFFFFFFFFFFFFF)))
+    last_ms = -1
+    head = ""
+    for k, now in enumerate(nows_us):
+        ms = now // 1000
+        if ms != last_ms:
+            last_ms = ms
+            head = f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}{middle}"
+        out.append(f"{head}{base + k:012x}")
     return out
 
 
