@@ -8,7 +8,6 @@ They take and return plain values (:mod:`eventbus.records`). Writes raise
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import repeat
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -73,6 +72,10 @@ _ADD_COUNT = (
     .values(n=stream_counts.c.n + sa.bindparam("b_delta"))
 )
 
+_ADD_COUNT_SQLITE = _ADD_COUNT.compile(dialect=sqlite.dialect())
+assert tuple(_ADD_COUNT_SQLITE.positiontup or ()) == ("b_delta", "b_sid", "b_status"), "parameter order"
+_ADD_COUNT_SQL = str(_ADD_COUNT_SQLITE)
+
 
 def _count(conn: sa.Connection, deltas: dict[tuple[int, int], int]) -> None:
     """Change the per-stream status counts by {(sid, status): delta}: added
@@ -86,13 +89,14 @@ def _apply_counts(conn: sa.Connection, deltas: dict[tuple[int, int], int]) -> No
     # Last in the transaction and sorted: concurrent transactions (other
     # nodes on PostgreSQL) lock counter rows in one order, whatever jobs a
     # group commit holds, and so cannot deadlock on them.
-    params = [
-        {"b_sid": sid, "b_status": status, "b_delta": delta}
-        for (sid, status), delta in sorted(deltas.items())
-        if delta
-    ]
-    if params:
-        conn.execute(_ADD_COUNT, params)
+    changes = [(sid, status, delta) for (sid, status), delta in sorted(deltas.items()) if delta]
+    if not changes:
+        return
+    if conn.dialect.name == "sqlite":
+        # Every group commit runs this: the statement compiled once.
+        conn.exec_driver_sql(_ADD_COUNT_SQL, [(delta, sid, status) for sid, status, delta in changes])
+        return
+    conn.execute(_ADD_COUNT, [{"b_sid": sid, "b_status": status, "b_delta": delta} for sid, status, delta in changes])
 
 
 _NOTIFY = sa.text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', n) FROM unnest(CAST(:names AS text[])) AS n")
@@ -205,8 +209,9 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
     """Many writers' appends in one statement: the group commit's fast path.
 
     ``jobs`` are write_events_txn's argument tuples, so ``key`` may be left out.
+    It runs for every write a server takes, so it stays flat: one lookup per
+    stream, one batch of ids, one insert, one tuple per event.
     """
-    jobs = [job if len(job) == 4 else (*job, None) for job in jobs]
     names = {job[0] for job in jobs}
     if conn.dialect.name == "sqlite":
         # The only writer: a plain lookup, its statement compiled once.
@@ -223,10 +228,12 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
         found = conn.execute(query).all()
     by_name = {stream.name: stream for stream in (Stream(*row) for row in found)}
     results: list[Any] = [None] * len(jobs)
-    rows: list[tuple] = []  # (id, stream_sid, created_at, body, idem_key)
-    spans: list[tuple[int, int, int]] = []  # (job index, first row, count)
+    accepted: list[tuple[int, Stream, int, list[str], str | None]] = []
+    nows: list[int] = []  # one per event to insert
     first_with_key: dict[tuple[int, str], int] = {}
-    for i, (name, bodies, now, key) in enumerate(jobs):
+    for i, job in enumerate(jobs):
+        name, bodies, now = job[0], job[1], job[2]
+        key = job[3] if len(job) > 3 else None
         stream = by_name.get(name)
         if stream is None:
             results[i] = errors.stream_not_found(name)
@@ -241,26 +248,24 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
                 results[i] = Written([existing], True)
                 continue
             first_with_key[(stream.sid, key)] = i
-        sid = stream.sid
-        spans.append((i, len(rows), len(bodies)))
-        rows.extend(zip(uuid7s(now, len(bodies)), repeat(sid), repeat(now), bodies, repeat(key)))
-    if rows:
-        seqs = _insert_events(conn, rows)
+        accepted.append((i, stream, now, bodies, key))
+        nows.extend([now] * len(bodies))
+    if accepted:
+        ids = uuid7s(nows)
+        seqs = _insert_events(conn, accepted, ids)
         added: dict[tuple[int, int], int] = {}
-        for i, _start, count in spans:
-            key_ = (by_name[jobs[i][0]].sid, UNPROCESSED)
-            added[key_] = added.get(key_, 0) + count
+        k = 0
+        for i, stream, now, bodies, _key in accepted:
+            counter = (stream.sid, UNPROCESSED)
+            added[counter] = added.get(counter, 0) + len(bodies)
+            stream_id = stream.id
+            made = []
+            for body in bodies:
+                made.append(_new_event(Event, (seqs[k], ids[k], stream_id, UNPROCESSED, now, body, 0, None, None)))
+                k += 1
+            results[i] = Written(made, False)
         _count(conn, added)
-        _changed(conn, {jobs[i][0] for i, _, _ in spans})
-        for i, start, count in spans:
-            stream_id = by_name[jobs[i][0]].id
-            results[i] = Written(
-                [
-                    Event(seqs[k], r[0], stream_id, UNPROCESSED, r[2], r[3], 0, None, None)
-                    for k, r in zip(range(start, start + count), rows[start : start + count])
-                ],
-                False,
-            )
+        _changed(conn, {stream.name for _, stream, _, _, _ in accepted})
     for i, result in enumerate(results):
         if isinstance(result, int):
             results[i] = Written(results[result].events, True)
@@ -269,9 +274,16 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
 
 write_events_txn.batched = _write_events_batch  # type: ignore[attr-defined]
 
+# An Event from a tuple of its fields, without NamedTuple's keyword-taking
+# constructor: thousands are made per commit.
+_new_event = tuple.__new__
 
-def _insert_events(conn: sa.Connection, rows: list[tuple]) -> Sequence[int]:
-    """Insert events given as (id, stream_sid, created_at, body, idem_key); their seqs, in order.
+
+def _insert_events(
+    conn: sa.Connection, accepted: list[tuple[int, Stream, int, list[str], str | None]], ids: list[str]
+) -> Sequence[int]:
+    """Insert the bodies of ``accepted`` (job index, stream, now, bodies, key)
+    with ``ids``, one per body; their seqs, in order.
 
     SQLite: the writer holds the write lock (BEGIN IMMEDIATE), so it
     allocates seq itself, from the highest ever handed out, as SQLite's
@@ -282,26 +294,30 @@ def _insert_events(conn: sa.Connection, rows: list[tuple]) -> Sequence[int]:
     """
     if conn.dialect.name == "sqlite":
         first = (conn.exec_driver_sql(_LAST_SEQ_SQL).scalar() or 0) + 1
-        conn.exec_driver_sql(
-            _INSERT_ROWS_SQL,
-            [
-                (first + n, eid, sid, UNPROCESSED, now, body, 0, key)
-                for n, (eid, sid, now, body, key) in enumerate(rows)
-            ],
-        )
-        return range(first, first + len(rows))
-    params = [
-        {
-            "id": eid,
-            "stream_sid": sid,
-            "status": UNPROCESSED,
-            "created_at": now,
-            "body": body,
-            "deliveries": 0,
-            "idem_key": key,
-        }
-        for eid, sid, now, body, key in rows
-    ]
+        seq = first
+        rows = []
+        for _, stream, now, bodies, key in accepted:
+            sid = stream.sid
+            for body in bodies:
+                rows.append((seq, ids[seq - first], sid, UNPROCESSED, now, body, 0, key))
+                seq += 1
+        conn.exec_driver_sql(_INSERT_ROWS_SQL, rows)
+        return range(first, seq)
+    params = []
+    ids_in_order = iter(ids)
+    for _, stream, now, bodies, key in accepted:
+        for body in bodies:
+            params.append(
+                {
+                    "id": next(ids_in_order),
+                    "stream_sid": stream.sid,
+                    "status": UNPROCESSED,
+                    "created_at": now,
+                    "body": body,
+                    "deliveries": 0,
+                    "idem_key": key,
+                }
+            )
     return conn.execute(_INSERT_EVENTS, params).scalars().all()
 
 
