@@ -88,6 +88,9 @@ def test_fresh_database_migrates_to_the_model(engine: sa.Engine) -> None:
     options = indexes["ix_events_lease_expires"]["dialect_options"]
     predicate = options.get("postgresql_where", options.get("sqlite_where"))
     assert "lease_expires IS NOT NULL" in str(predicate)
+    options = indexes["ix_events_stream_key"]["dialect_options"]
+    predicate = options.get("postgresql_where", options.get("sqlite_where"))
+    assert "idem_key IS NOT NULL" in str(predicate) and indexes["ix_events_stream_key"]["unique"]
 
 
 def test_upgrade_step_by_step_keeps_data_and_backfills_counts(database_url: str) -> None:

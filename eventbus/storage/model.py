@@ -56,8 +56,15 @@ events = sa.Table(
     sa.Index("ix_events_stream_seq", "stream_sid", "seq"),
     # retention purge: oldest first.
     sa.Index("ix_events_created_at", "created_at"),
-    # idempotent writes: one key per stream.
-    sa.Index("ix_events_stream_key", "stream_sid", "idem_key", unique=True),
+    # idempotent writes: one key per stream; only keyed events are indexed.
+    sa.Index(
+        "ix_events_stream_key",
+        "stream_sid",
+        "idem_key",
+        unique=True,
+        sqlite_where=sa.text("idem_key IS NOT NULL"),
+        postgresql_where=sa.text("idem_key IS NOT NULL"),
+    ),
     # lease expiry sweep (dead letters): only the rows that hold a lease.
     sa.Index(
         "ix_events_lease_expires",
