@@ -223,7 +223,7 @@ class MeteredDispatcher:
     def prepare(self, line: bytes) -> Any:
         started = self._clock()
         request = self._inner.prepare(line)
-        run = request.run
+        call, args = request.call, request.args
         operation = request.operation
         metrics = self._metrics
         clock = self._clock
@@ -233,14 +233,14 @@ class MeteredDispatcher:
             return response
 
         def timed_run() -> Any:
-            result = run()
+            result = call(*args)
             if isinstance(result, Deferred):
                 return result.addCallback(done)
             return done(result)
 
         # The same object, not a copy: a request verified in a thread sets
         # its code on it later, and the protocol reads it there.
-        request.run = timed_run
+        request.call, request.args = timed_run, ()
         return request
 
 
@@ -304,7 +304,7 @@ class MeteredDatabase:
         timed_txn.__name__ = getattr(fn, "__name__", "read_txn")
         return self._inner.read(timed_txn, *args)
 
-    def write(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+    def write(self, fn: Callable[..., Any], *args: Any, committed: Any = None) -> Deferred:
         # Not wrapped: the writer batches by function identity; it reports
         # whole batches itself (on_batch).
-        return self._inner.write(fn, *args)
+        return self._inner.write(fn, *args, committed=committed)

@@ -44,10 +44,13 @@ log = Logger(namespace="eventbus.operations")
 # -- field parsers: value in, Python value out, or invalid_field -------------
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _stream_name(value: Any) -> str:
     if not isinstance(value, str):
         raise errors.invalid_field("stream_name must be a string")
-    if not 1 <= len(value) <= 255 or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+    if not 1 <= len(value) <= 255 or _CONTROL.search(value):
         raise errors.invalid_field("stream_name must be 1 to 255 characters with no control characters")
     return value
 
@@ -141,6 +144,10 @@ class Operation:
     lane: str | None = READ
     closes: bool = False
 
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f.required)
+
     def context(self) -> list[dict[str, Any]]:
         return [{"name": f.name, "type": f.wire_type, "required": True} for f in self.fields if f.required]
 
@@ -151,7 +158,7 @@ class Operation:
         return self.lane
 
 
-@dataclass
+@dataclass(slots=True)
 class Context:
     """What a handler needs: the services, the caller, and the time."""
 
@@ -358,23 +365,42 @@ OPERATIONS: tuple[Operation, ...] = (
 BY_NAME = {op.name: op for op in OPERATIONS}
 
 
-@dataclass
 class Request:
-    """A validated request, ready to run when the protocol says so."""
+    """A validated request, ready to run when the protocol says so:
+    ``run()`` calls ``call(*args)``. One is made per line, so it is lean."""
 
-    operation: str
-    #: READ or WRITE; None: answered at once; or a lane of its own (see
-    #: Dispatcher._after_verification).
-    lane: object
-    closes: bool
-    run: Callable[[], bytes | Deferred]
-    #: The error code when the request was refused before running (the
-    #: protocol slows down repeated ``unauthorized`` answers).
-    code: str | None = None
+    __slots__ = ("operation", "lane", "closes", "call", "args", "code")
+
+    def __init__(
+        self,
+        operation: str,
+        lane: object,
+        closes: bool,
+        call: Callable[..., bytes | Deferred],
+        args: tuple = (),
+        code: str | None = None,
+    ) -> None:
+        self.operation = operation
+        #: READ or WRITE; None: answered at once; or a lane of its own (see
+        #: Dispatcher._after_verification).
+        self.lane = lane
+        self.closes = closes
+        self.call = call
+        self.args = args
+        #: The error code when the request was refused before running (the
+        #: protocol slows down repeated ``unauthorized`` answers).
+        self.code = code
+
+    def run(self) -> bytes | Deferred:
+        return self.call(*self.args)
+
+
+def _same(line: bytes) -> bytes:
+    return line
 
 
 def _answered(operation: str, line: bytes, closes: bool = False, code: str | None = None) -> Request:
-    return Request(operation, None, closes, lambda: line, code)
+    return Request(operation, None, closes, _same, (line,), code)
 
 
 # orjson reads an integer beyond 64 bits as a float, silently changing it;
@@ -416,6 +442,7 @@ class Dispatcher:
         self.reactor = reactor
         self.max_page = max_page
         self._unknown = errors.unknown_operation([op.name for op in OPERATIONS])
+        self._required = {op.name: op.required for op in OPERATIONS}
 
     def prepare(self, line: bytes) -> Request:
         try:
@@ -452,7 +479,7 @@ class Dispatcher:
             return _answered(op.name, error_line(op.name, e), code=e.code)
         # The time is read when the request runs, not when it arrived: it
         # may wait behind a long poll, and a lease must start when it is granted.
-        return Request(op.name, op.lane_for(args), op.closes, lambda: self._run(op, client, args))
+        return Request(op.name, op.lane_for(args), op.closes, self._run, (op, client, args))
 
     def _after_verification(self, op: Operation, request: dict[str, Any], verifying: Deferred) -> Request:
         """A request whose secret is being verified off the reactor thread:
@@ -460,7 +487,7 @@ class Dispatcher:
         # A lane of its own (equal to no other): it runs alone, after what
         # came before it on the connection and before what comes after, so
         # the order of effects holds however long the verification takes.
-        held = Request(op.name, object(), op.closes, lambda: b"")
+        held = Request(op.name, object(), op.closes, _same, (b"",))
 
         def verified(client: Client) -> bytes | Deferred:
             checked = self._checked(op, request, client)
@@ -474,16 +501,21 @@ class Dispatcher:
             held.code = failure.value.code
             return error_line(op.name, failure.value)
 
-        held.run = lambda: verifying.addCallbacks(verified, refused)
+        held.call = verifying.addCallbacks
+        held.args = (verified, refused)
         return held
 
     def _parse_body(self, op: Operation, body: Any) -> dict[str, Any]:
-        if not op.fields:
+        fields = op.fields
+        if not fields:
             return {}
-        if not isinstance(body, dict) or any(body.get(f.name) is None for f in op.fields if f.required):
+        if not isinstance(body, dict):
             raise errors.missing_fields(op.context())
+        for name in self._required[op.name]:
+            if body.get(name) is None:
+                raise errors.missing_fields(op.context())
         args = {}
-        for f in op.fields:
+        for f in fields:
             value = body.get(f.name)
             if value is not None:
                 args[f.name] = f.parse(value)
@@ -500,7 +532,12 @@ class Dispatcher:
             return error_line(op.name, errors.unavailable())
         if not isinstance(result, Deferred):
             return ok_line(op.name, result)
-        return result.addCallbacks(lambda body: ok_line(op.name, body), _failed, errbackArgs=(op.name,))
+        name = (op.name,)
+        return result.addCallbacks(_ok, _failed, callbackArgs=name, errbackArgs=name)
+
+
+def _ok(body: Any, operation: str) -> bytes:
+    return ok_line(operation, body)
 
 
 def _failed(failure: Failure, operation: str) -> bytes:

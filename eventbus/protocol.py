@@ -86,6 +86,10 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self._starting = False  # inside _start_blocked
         # TimeoutMixin's clock: the factory's reactor (a Clock in unit tests).
         self.callLater = factory.reactor.callLater
+        # Activity is stamped, not pushed into the timer at every line: the
+        # timer, when it fires, checks the stamp and waits out the rest.
+        self._seconds = factory.reactor.seconds
+        self._last_active = 0.0
 
     # -- connection life -----------------------------------------------------
 
@@ -102,6 +106,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self._peer = str(getattr(peer, "host", peer))
         self.transport.registerProducer(self, True)
         self._producing = True
+        self._last_active = self._seconds()
         self.setTimeout(self.limits.idle_timeout_seconds)
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -120,10 +125,15 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self.factory.forget(self)
 
     def timeoutConnection(self) -> None:
+        timeout = self.limits.idle_timeout_seconds
         if self._slots:
             # Waiting on us (a long poll, a slow commit) is not idleness.
             # Start a new period: resetTimeout() is a no-op once timed out.
-            self.setTimeout(self.limits.idle_timeout_seconds)
+            self.setTimeout(timeout)
+            return
+        idle = self._seconds() - self._last_active
+        if idle < timeout:
+            self.setTimeout(timeout - idle)
             return
         self.close()
 
@@ -175,7 +185,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
             line = line[:-1]
         if not line or line.isspace():  # blank lines are ignored (no copy of the line)
             return
-        self.resetTimeout()
+        self._last_active = self._seconds()
         try:
             request = self.dispatcher.prepare(line)
         except Exception:
@@ -262,8 +272,13 @@ class BusProtocol(LineReceiver, TimeoutMixin):
             return
         self._inflight.add(result)
         # Whatever went wrong below, the request is answered.
-        result.addErrback(_crashed, request.operation)
-        result.addCallback(self._verdict, slot, result, request)
+        args = (slot, result, request)
+        result.addCallbacks(self._verdict, self._crashed, callbackArgs=args, errbackArgs=args)
+
+    def _crashed(self, failure: Failure, slot: _Slot, d: Deferred, request: Request) -> None:
+        """A bug below the dispatcher: logged, and answered ``unavailable``."""
+        self.log.failure("operation {operation} failed", failure, operation=request.operation)
+        self._verdict(_unavailable_line(request.operation), slot, d, request)
 
     def _verdict(self, line: bytes, slot: _Slot, d: Deferred, request: Request) -> None:
         """A request that ran: an ``unauthorized`` found while running (a
@@ -324,7 +339,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         if out and not self._lost:
             self.transport.writeSequence(out)
             # Answering is activity: the idle clock starts again from here.
-            self.resetTimeout()
+            self._last_active = self._seconds()
         if close:
             self._slots.clear()
             self._blocked.clear()
@@ -427,10 +442,4 @@ def _unavailable_line(operation: str) -> bytes:
 
 def _unavailable(operation: str) -> Request:
     line = _unavailable_line(operation)
-    return Request(operation, None, False, lambda: line, "unavailable")
-
-
-def _crashed(failure: Failure, operation: str) -> bytes:
-    """The last errback of every request: a bug below is logged and answered."""
-    BusProtocol.log.failure("operation {operation} failed", failure, operation=operation)
-    return _unavailable_line(operation)
+    return Request(operation, None, False, lambda: line, code="unavailable")
