@@ -57,7 +57,13 @@ _INSERT_ROWS = (
     sa.insert(events).values({c: sa.bindparam(c) for c in _ROW_COLS}).compile(dialect=sqlite.dialect())
 )
 assert tuple(_INSERT_ROWS.positiontup or ()) == _ROW_COLS, "rows are passed to the driver in this order"
-_INSERT_ROWS_SQL = str(_INSERT_ROWS)
+# Many rows per statement: the driver lets go of the GIL once per statement
+# it steps, so one statement per row would hand the GIL back and forth with
+# the reactor thread a thousand times per commit. A few fixed sizes keep the
+# statements few (and in the driver's statement cache).
+_INSERT_HEAD, _ONE_ROW = str(_INSERT_ROWS).split(" VALUES ")
+_CHUNKS = (256, 32, 4, 1)
+_INSERT_CHUNK_SQL = {n: f"{_INSERT_HEAD} VALUES {', '.join([_ONE_ROW] * n)}" for n in _CHUNKS}
 # The highest seq ever handed out (events is AUTOINCREMENT: never reused).
 _LAST_SEQ_SQL = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 _STREAM_BY_NAME_SQL = str(_SELECT_STREAM.compile(dialect=sqlite.dialect()))
@@ -295,13 +301,13 @@ def _insert_events(
     if conn.dialect.name == "sqlite":
         first = (conn.exec_driver_sql(_LAST_SEQ_SQL).scalar() or 0) + 1
         seq = first
-        rows = []
+        values: list[Any] = []  # the rows' values, one after the other
         for _, stream, now, bodies, key in accepted:
             sid = stream.sid
             for body in bodies:
-                rows.append((seq, ids[seq - first], sid, UNPROCESSED, now, body, 0, key))
+                values += (seq, ids[seq - first], sid, UNPROCESSED, now, body, 0, key)
                 seq += 1
-        conn.exec_driver_sql(_INSERT_ROWS_SQL, rows)
+        _insert_chunks(conn, values, seq - first)
         return range(first, seq)
     params = []
     ids_in_order = iter(ids)
@@ -319,6 +325,17 @@ def _insert_events(
                 }
             )
     return conn.execute(_INSERT_EVENTS, params).scalars().all()
+
+
+def _insert_chunks(conn: sa.Connection, values: list[Any], rows: int) -> None:
+    """Insert ``rows`` rows of ``values`` with as few statements as the chunk sizes allow."""
+    width = len(_ROW_COLS)
+    done = 0
+    for size in _CHUNKS:
+        sql = _INSERT_CHUNK_SQL[size]
+        while rows - done >= size:
+            conn.exec_driver_sql(sql, tuple(values[done * width : (done + size) * width]))
+            done += size
 
 
 def _live_keyed_event(conn: sa.Connection, stream: Stream, key: str, now: int) -> Event | None:
