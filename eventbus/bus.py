@@ -82,12 +82,16 @@ class Events:
     def mark_one(
         self, event_id: str, status: int, lease_id: str | None, now: int, visible: Visible = None
     ) -> Deferred:
-        return self.db.write(q.mark_event_txn, event_id, status, lease_id, now, visible, committed=self._marked)
+        return self.db.write(
+            q.mark_event_txn, event_id, status, lease_id, now, visible, committed=self._marked
+        )
 
     def mark(
         self, event_ids: list[str], status: int, lease_id: str | None, now: int, visible: Visible = None
     ) -> Deferred:
-        return self.db.write(q.mark_events_txn, event_ids, status, lease_id, now, visible, committed=self._marked)
+        return self.db.write(
+            q.mark_events_txn, event_ids, status, lease_id, now, visible, committed=self._marked
+        )
 
     def _marked(self, args: tuple, marked: Marked) -> None:
         # args: (event id or ids, status, ...); events back on offer wake long polls.

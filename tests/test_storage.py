@@ -10,7 +10,6 @@ from __future__ import annotations
 import queue
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,40 +106,31 @@ def test_sqlite_settings_on_every_connection(url: str, engine: sa.Engine) -> Non
 # -- indexes are used -------------------------------------------------------------------
 
 
-@contextmanager
-def statements(engine: sa.Engine) -> Iterator[list[tuple[str, Any]]]:
-    """Every SQL statement the engine sends, with (one set of) its parameters."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT")):
-            # An executemany has a list of parameter sets (insertmanyvalues
-            # batches arrive already flattened into one).
-            nested = many and parameters and isinstance(parameters[0], (tuple, list, dict))
-            seen.append((statement, parameters[0] if nested else parameters))
-
-    sa.event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
-
-
 def plans(engine: sa.Engine, fn: Callable[..., Any], *args: Any) -> list[str]:
     """The query-plan lines of every statement ``fn`` runs (its transaction
-    is rolled back, so the data stays as it was)."""
-    with statements(engine) as seen:
-        with engine.connect() as conn:
-            trans = conn.begin()
-            try:
-                fn(conn, *args)
-            finally:
-                trans.rollback()
+    is rolled back, so the data stays as it was). Statements are seen by the
+    driver itself (SQLite's trace hook, values in place), so those the write
+    path sends past SQLAlchemy are seen too."""
+    seen: list[str] = []
+
+    def record(statement: str) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT")):
+            seen.append(statement)
+
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        trans = conn.begin()
+        driver.set_trace_callback(record)
+        try:
+            fn(conn, *args)
+        finally:
+            driver.set_trace_callback(None)
+            trans.rollback()
     assert seen, "no statements captured"
     details = []
     with engine.connect() as conn:
-        for statement, params in seen:
-            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
+        for statement in seen:
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement).all()
             details += [f"{row[-1]}    <- {statement.split()[0]} {statement[:80]!r}" for row in rows]
     return details
 
@@ -357,7 +347,9 @@ def test_the_commit_hook_runs_even_when_the_caller_left(engine: sa.Engine) -> No
     left = writer.submit(q.write_events_txn, ("c", ['"1"'], T0), lambda args, r: seen.append((args, r)))
     left.addErrback(lambda f: f.trap(CancelledError))
     left.cancel()
-    stayed = outcome(writer.submit(q.write_events_txn, ("c", ['"2"'], T0), lambda args, r: seen.append((args, r))))
+    stayed = outcome(
+        writer.submit(q.write_events_txn, ("c", ['"2"'], T0), lambda args, r: seen.append((args, r)))
+    )
     _run_queued(writer, hop, [stayed])
     assert [(args[0], r.events[0].body) for args, r in seen] == [("c", '"1"'), ("c", '"2"')]
     assert bodies(engine, "c") == ['"1"', '"2"']

@@ -115,7 +115,8 @@ def make_engine(
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn) -> None:
-        conn.exec_driver_sql(begin)
+        # Straight to the driver: every group commit begins here.
+        conn.connection.driver_connection.execute(begin)
         conn.info[_PENDING] = {}
 
     _install_commit_hook(engine)

@@ -100,9 +100,11 @@ def _apply_counts(conn: sa.Connection, deltas: dict[tuple[int, int], int]) -> No
         return
     if conn.dialect.name == "sqlite":
         # Every group commit runs this: the statement compiled once.
-        conn.exec_driver_sql(_ADD_COUNT_SQL, [(delta, sid, status) for sid, status, delta in changes])
+        _driver(conn).executemany(_ADD_COUNT_SQL, [(delta, sid, status) for sid, status, delta in changes])
         return
-    conn.execute(_ADD_COUNT, [{"b_sid": sid, "b_status": status, "b_delta": delta} for sid, status, delta in changes])
+    conn.execute(
+        _ADD_COUNT, [{"b_sid": sid, "b_status": status, "b_delta": delta} for sid, status, delta in changes]
+    )
 
 
 _NOTIFY = sa.text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', n) FROM unnest(CAST(:names AS text[])) AS n")
@@ -117,6 +119,14 @@ def _changed(conn: sa.Connection, names: Any) -> None:
 
 def _notify(conn: sa.Connection, names: set[str]) -> None:
     conn.execute(_NOTIFY, {"names": sorted(names)})
+
+
+def _driver(conn: sa.Connection) -> Any:
+    """A cursor of the driver itself, inside ``conn``'s transaction: for the
+    few statements every SQLite group commit runs, without SQLAlchemy's work
+    per statement (tens of microseconds each). Its errors reach the writer
+    as the driver raises them (see writer._environmental)."""
+    return conn.connection.driver_connection.cursor()
 
 
 def _pg(conn: sa.Connection) -> bool:
@@ -221,7 +231,8 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
     names = {job[0] for job in jobs}
     if conn.dialect.name == "sqlite":
         # The only writer: a plain lookup, its statement compiled once.
-        found = [row for name in names for row in conn.exec_driver_sql(_STREAM_BY_NAME_SQL, (name,))]
+        cursor = _driver(conn)
+        found = [row for name in names for row in cursor.execute(_STREAM_BY_NAME_SQL, (name,)).fetchall()]
     else:
         # FOR NO KEY UPDATE (PostgreSQL; in sid order, so writers never deadlock on it): the
         # nodes' writers to a stream take turns, so within a stream seq order is
@@ -259,18 +270,17 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
     if accepted:
         ids = uuid7s(nows)
         seqs = _insert_events(conn, accepted, ids)
-        added: dict[tuple[int, int], int] = {}
+        added: dict[int, int] = {}
         k = 0
         for i, stream, now, bodies, _key in accepted:
-            counter = (stream.sid, UNPROCESSED)
-            added[counter] = added.get(counter, 0) + len(bodies)
+            added[stream.sid] = added.get(stream.sid, 0) + len(bodies)
             stream_id = stream.id
             made = []
             for body in bodies:
-                made.append(_new_event(Event, (seqs[k], ids[k], stream_id, UNPROCESSED, now, body, 0, None, None)))
+                made.append(_new(Event, (seqs[k], ids[k], stream_id, UNPROCESSED, now, body, 0, None, None)))
                 k += 1
-            results[i] = Written(made, False)
-        _count(conn, added)
+            results[i] = _new(Written, (made, False))
+        _count(conn, {(sid, UNPROCESSED): n for sid, n in added.items()})
         _changed(conn, {stream.name for _, stream, _, _, _ in accepted})
     for i, result in enumerate(results):
         if isinstance(result, int):
@@ -280,9 +290,9 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
 
 write_events_txn.batched = _write_events_batch  # type: ignore[attr-defined]
 
-# An Event from a tuple of its fields, without NamedTuple's keyword-taking
-# constructor: thousands are made per commit.
-_new_event = tuple.__new__
+# A record (Event, Written) from a tuple of its fields, without NamedTuple's
+# keyword-taking constructor: thousands are made per commit.
+_new = tuple.__new__
 
 
 def _insert_events(
@@ -295,11 +305,13 @@ def _insert_events(
     allocates seq itself, from the highest ever handed out, as SQLite's
     AUTOINCREMENT would, and the driver inserts all rows in one executemany
     of a statement compiled once: no RETURNING, no SQLAlchemy work per row
-    (exec_driver_sql still shows the statements to engine events and logs).
+    through the driver's own cursor (see :func:`_driver`).
     Other databases: the generic INSERT ... RETURNING, in parameter order.
     """
     if conn.dialect.name == "sqlite":
-        first = (conn.exec_driver_sql(_LAST_SEQ_SQL).scalar() or 0) + 1
+        cursor = _driver(conn)
+        last = cursor.execute(_LAST_SEQ_SQL).fetchone()
+        first = (last[0] if last else 0) + 1
         seq = first
         values: list[Any] = []  # the rows' values, one after the other
         for _, stream, now, bodies, key in accepted:
@@ -307,7 +319,7 @@ def _insert_events(
             for body in bodies:
                 values += (seq, ids[seq - first], sid, UNPROCESSED, now, body, 0, key)
                 seq += 1
-        _insert_chunks(conn, values, seq - first)
+        _insert_chunks(cursor, values, seq - first)
         return range(first, seq)
     params = []
     ids_in_order = iter(ids)
@@ -327,14 +339,14 @@ def _insert_events(
     return conn.execute(_INSERT_EVENTS, params).scalars().all()
 
 
-def _insert_chunks(conn: sa.Connection, values: list[Any], rows: int) -> None:
+def _insert_chunks(cursor: Any, values: list[Any], rows: int) -> None:
     """Insert ``rows`` rows of ``values`` with as few statements as the chunk sizes allow."""
     width = len(_ROW_COLS)
     done = 0
     for size in _CHUNKS:
         sql = _INSERT_CHUNK_SQL[size]
         while rows - done >= size:
-            conn.exec_driver_sql(sql, tuple(values[done * width : (done + size) * width]))
+            cursor.execute(sql, values[done * width : (done + size) * width])
             done += size
 
 

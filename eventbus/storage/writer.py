@@ -188,7 +188,8 @@ def _environmental(error: BaseException) -> bool:
     """Did the database fail, rather than one job's statements?"""
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
         return True
-    orig = getattr(error, "orig", None)
+    # Wrapped by SQLAlchemy, or raised by the driver's own cursor.
+    orig = getattr(error, "orig", error)
     code = getattr(orig, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF in _SQLITE_ENVIRONMENT
