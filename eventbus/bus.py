@@ -8,6 +8,7 @@ notifier what moved, so long polls wake at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
@@ -54,6 +55,12 @@ class Events:
 
     def write(self, stream_name: str, bodies: list[str], now: int, key: str | None = None) -> Deferred:
         return self.db.write(q.write_events_txn, stream_name, bodies, now, key, committed=self._written)
+
+    def write_then(
+        self, stream_name: str, bodies: list[str], now: int, key: str | None, reply: Callable[[Any], None]
+    ) -> None:
+        args = (stream_name, bodies, now, key)
+        self.db.write_then(q.write_events_txn, args, reply, self._written)
 
     def _written(self, args: tuple, written: Written) -> None:
         if not written.duplicate:

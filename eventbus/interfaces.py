@@ -21,6 +21,11 @@ class IDatabase(Interface):
         does, ``committed(args, result)`` runs, even if the Deferred was
         cancelled meanwhile: for what must follow every durable change."""
 
+    def write_then(fn, args, reply, committed=None):
+        """As :meth:`write`, for the hot path: no Deferred; ``reply(outcome)``
+        gets the result, or the BusError or Failure, on the reactor thread
+        (at once if the writer refuses the job)."""
+
     def read(fn, *args):
         """Run ``fn(conn, *args)`` in a read transaction on a reader thread."""
 
@@ -47,6 +52,10 @@ class IEvents(Interface):
     def write(stream_name, bodies, now, key=None):
         """Deferred[Written]: ``bodies`` (compact JSON texts) appended in one
         commit, acknowledged only once durable."""
+
+    def write_then(stream_name, bodies, now, key, reply):
+        """As :meth:`write`, with the outcome (a Written, or the BusError or
+        Failure) passed to ``reply`` instead of a Deferred."""
 
     def read(stream_name, status, after_seq, limit):
         """Deferred[Page]: events in write order, read-only."""

@@ -33,7 +33,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.defer import Deferred
 
-from eventbus.records import STATUS_NAMES
+from eventbus.records import STATUS_NAMES, Written
 
 #: Request latencies: sub-millisecond reads up to 30 s long polls.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -232,7 +232,9 @@ class MeteredDispatcher:
             metrics.request_done(operation, outcome_of(response), clock() - started)
             return response
 
-        def timed_run() -> Any:
+        def timed_run(answer: Callable[[bytes], None] | None = None) -> Any:
+            if answer is not None:
+                return call(*args, lambda line: answer(done(line)))
             result = call(*args)
             if isinstance(result, Deferred):
                 return result.addCallback(done)
@@ -260,6 +262,16 @@ class MeteredEvents:
     def _written(self, written: Any) -> Any:
         self._metrics.events_written(len(written.events), bool(written.duplicate))
         return written
+
+    def write_then(self, *args: Any) -> None:
+        *head, reply = args
+
+        def counted(outcome: Any) -> None:
+            if isinstance(outcome, Written):
+                self._written(outcome)
+            reply(outcome)
+
+        self._inner.write_then(*head, counted)
 
     def lease(self, *args: Any, **kwargs: Any) -> Deferred:
         return self._inner.lease(*args, **kwargs).addCallback(self._leased)

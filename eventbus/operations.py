@@ -27,7 +27,7 @@ from eventbus.auth import Client
 from eventbus.clock import now_us
 from eventbus.errors import BusError
 from eventbus.interfaces import IAuthenticator, IDispatcher, IEvents, IStreams
-from eventbus.records import DEAD, RETRY, UNPROCESSED
+from eventbus.records import DEAD, RETRY, UNPROCESSED, Written
 from eventbus.responses import error_line, event_json, ok_line, page_json, stream_json
 
 READ, WRITE = "read", "write"
@@ -143,6 +143,9 @@ class Operation:
     #: answered at once, touches no storage.
     lane: str | None = READ
     closes: bool = False
+    #: The handler answers through ``ctx.answer`` and returns None (the
+    #: write path: no Deferred per request).
+    answers: bool = False
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -168,6 +171,8 @@ class Context:
     now: int
     max_page: int
     reactor: Any
+    #: For handlers of operations that answer (Operation.answers): takes the response line.
+    answer: Callable[[bytes], None] | None = None
 
 
 # -- handlers --------------------------------------------------------------------
@@ -212,16 +217,26 @@ def _get_stream_events(ctx: Context, args: dict[str, Any]) -> Deferred:
     return d.addCallback(page_json)
 
 
-def _write_event(ctx: Context, args: dict[str, Any]) -> Deferred:
-    d = ctx.events.write(args["stream_name"], [args["event"]], ctx.now, args.get("key"))
-    return d.addCallback(_written_one)
+def _write_event(ctx: Context, args: dict[str, Any]) -> None:
+    answer = ctx.answer
+    assert answer is not None
+
+    def reply(outcome: Any) -> None:
+        answer(_written_one(outcome))
+
+    ctx.events.write_then(args["stream_name"], [args["event"]], ctx.now, args.get("key"), reply)
 
 
-def _written_one(written: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"event": event_json(written.events[0])}
-    if written.duplicate:
-        body["duplicate"] = True
-    return body
+def _written_one(outcome: Any) -> bytes:
+    """The write_event answer to the writer's outcome for it."""
+    if isinstance(outcome, Written):
+        body: dict[str, Any] = {"event": event_json(outcome.events[0])}
+        if outcome.duplicate:
+            body["duplicate"] = True
+        return ok_line("write_event", body)
+    if isinstance(outcome, BusError):
+        return error_line("write_event", outcome)
+    return _failed(outcome, "write_event")
 
 
 def _write_events(ctx: Context, args: dict[str, Any]) -> Deferred:
@@ -328,6 +343,7 @@ OPERATIONS: tuple[Operation, ...] = (
             Field("key", _string("key", MAX_KEY_LENGTH), required=False),
         ),
         lane=WRITE,
+        answers=True,
     ),
     Operation("process_events", _consume(UNPROCESSED), _CONSUMING),
     Operation("retry_events", _consume(RETRY), _CONSUMING),
@@ -367,9 +383,11 @@ BY_NAME = {op.name: op for op in OPERATIONS}
 
 class Request:
     """A validated request, ready to run when the protocol says so:
-    ``run()`` calls ``call(*args)``. One is made per line, so it is lean."""
+    ``run(answer)`` calls ``call(*args)``, or ``call(*args, answer)`` for a
+    request that ``answers``: it returns None and passes its response line to
+    ``answer`` later (or at once). One is made per line, so it is lean."""
 
-    __slots__ = ("operation", "lane", "closes", "call", "args", "code")
+    __slots__ = ("operation", "lane", "closes", "call", "args", "code", "answers")
 
     def __init__(
         self,
@@ -379,6 +397,7 @@ class Request:
         call: Callable[..., bytes | Deferred],
         args: tuple = (),
         code: str | None = None,
+        answers: bool = False,
     ) -> None:
         self.operation = operation
         #: READ or WRITE; None: answered at once; or a lane of its own (see
@@ -390,8 +409,11 @@ class Request:
         #: The error code when the request was refused before running (the
         #: protocol slows down repeated ``unauthorized`` answers).
         self.code = code
+        self.answers = answers
 
-    def run(self) -> bytes | Deferred:
+    def run(self, answer: Callable[[bytes], None] | None = None) -> bytes | Deferred | None:
+        if self.answers:
+            return self.call(*self.args, answer)
         return self.call(*self.args)
 
 
@@ -479,7 +501,9 @@ class Dispatcher:
             return _answered(op.name, error_line(op.name, e), code=e.code)
         # The time is read when the request runs, not when it arrived: it
         # may wait behind a long poll, and a lease must start when it is granted.
-        return Request(op.name, op.lane_for(args), op.closes, self._run, (op, client, args))
+        return Request(
+            op.name, op.lane_for(args), op.closes, self._run, (op, client, args), answers=op.answers
+        )
 
     def _after_verification(self, op: Operation, request: dict[str, Any], verifying: Deferred) -> Request:
         """A request whose secret is being verified off the reactor thread:
@@ -492,7 +516,11 @@ class Dispatcher:
         def verified(client: Client) -> bytes | Deferred:
             checked = self._checked(op, request, client)
             held.code = checked.code
-            return checked.run()
+            if not checked.answers:
+                return checked.run()
+            answered: Deferred = Deferred()
+            result = checked.run(answered.callback)
+            return answered if result is None else result
 
         def refused(failure: Failure) -> bytes:
             if failure.check(CancelledError):
@@ -521,8 +549,16 @@ class Dispatcher:
                 args[f.name] = f.parse(value)
         return args
 
-    def _run(self, op: Operation, client: Client | None, args: dict[str, Any]) -> bytes | Deferred:
-        ctx = Context(self.streams, self.events, client, now_us(self.reactor), self.max_page, self.reactor)
+    def _run(
+        self,
+        op: Operation,
+        client: Client | None,
+        args: dict[str, Any],
+        answer: Callable[[bytes], None] | None = None,
+    ) -> bytes | Deferred | None:
+        ctx = Context(
+            self.streams, self.events, client, now_us(self.reactor), self.max_page, self.reactor, answer
+        )
         try:
             result = op.handler(ctx, args)
         except BusError as e:
@@ -530,6 +566,8 @@ class Dispatcher:
         except Exception:
             log.failure("operation {operation} failed", operation=op.name)
             return error_line(op.name, errors.unavailable())
+        if op.answers:
+            return None  # answered through ctx.answer
         if not isinstance(result, Deferred):
             return ok_line(op.name, result)
         name = (op.name,)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -263,10 +264,12 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self._lane = request.lane
         self.factory.inflight += 1
         try:
-            result = request.run()
+            result = request.run(partial(self._answered, slot) if request.answers else None)
         except Exception:
             self.log.failure("operation {operation} failed", operation=request.operation)
             result = _unavailable_line(request.operation)
+        if result is None:
+            return  # it answers through _answered (it may have already)
         if isinstance(result, bytes):
             self._finished(result, slot, None)
             return
@@ -274,6 +277,10 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         # Whatever went wrong below, the request is answered.
         args = (slot, result, request)
         result.addCallbacks(self._verdict, self._crashed, callbackArgs=args, errbackArgs=args)
+
+    def _answered(self, slot: _Slot, line: bytes) -> None:
+        """A request that answers (the write path): its line has come."""
+        self._finished(line, slot, None)
 
     def _crashed(self, failure: Failure, slot: _Slot, d: Deferred, request: Request) -> None:
         """A bug below the dispatcher: logged, and answered ``unavailable``."""

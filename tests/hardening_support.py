@@ -56,6 +56,9 @@ class SynchronousDatabase:
     def write(self, fn: Any, *args: Any, committed: Any = None) -> Deferred:
         return self._txn(fn, args, committed)
 
+    def write_then(self, fn: Any, args: tuple, reply: Any, committed: Any = None) -> None:
+        self._txn(fn, args, committed).addBoth(reply)
+
     def read(self, fn: Any, *args: Any) -> Deferred:
         return self._txn(fn, args)
 

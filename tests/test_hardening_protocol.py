@@ -243,7 +243,7 @@ def test_connections_over_the_limit_get_one_line_and_are_closed(tmp_path: Path) 
 class FailingEvents(Events):
     """The real service, with its calls broken in three different ways."""
 
-    def write(self, *args: Any, **kw: Any) -> Any:
+    def write_then(self, *args: Any, **kw: Any) -> Any:
         raise RuntimeError("injected: write raised")
 
     def read(self, *args: Any, **kw: Any) -> Any:

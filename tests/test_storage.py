@@ -27,6 +27,7 @@ from eventbus.storage import queries as q
 from eventbus.storage.engines import make_engine
 from eventbus.storage.model import metadata
 from eventbus.storage.writer import GroupCommitWriter
+from tests.hardening_support import logged_failures
 
 US = 1_000_000
 T0 = 1_800_000_000 * US  # a fixed "now", epoch microseconds
@@ -353,6 +354,27 @@ def test_the_commit_hook_runs_even_when_the_caller_left(engine: sa.Engine) -> No
     _run_queued(writer, hop, [stayed])
     assert [(args[0], r.events[0].body) for args, r in seen] == [("c", '"1"'), ("c", '"2"')]
     assert bodies(engine, "c") == ['"1"', '"2"']
+
+
+def test_a_reply_that_raises_costs_no_other_job_its_answer(engine: sa.Engine) -> None:
+    hop = ThreadHop()
+    writer = GroupCommitWriter(engine, hop)
+    txn(engine, q.create_stream_txn, "r", T0, None, None)
+    got: list[Any] = []
+
+    def broken(outcome: Any) -> None:
+        raise RuntimeError("injected: reply raised")
+
+    with logged_failures() as failures:
+        writer.submit_then(q.write_events_txn, ("r", ['"1"'], T0), broken)
+        writer.submit_then(q.write_events_txn, ("r", ['"2"'], T0), got.append)
+        writer.submit_then(q.write_events_txn, ("missing", ['"3"'], T0), got.append)
+        _run_queued(writer, hop, [got])
+        hop.run_until(lambda: len(got) == 2)
+    assert got[0].events[0].body == '"2"'
+    assert isinstance(got[1], BusError) and got[1].code == "stream_not_found"
+    assert bodies(engine, "r") == ['"1"', '"2"']  # committed, whatever its reply did
+    assert ["injected: reply raised" in f["log_failure"].getTraceback() for f in failures] == [True]
 
 
 def test_one_refused_job_does_not_fail_its_batch(engine: sa.Engine) -> None:

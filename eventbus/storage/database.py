@@ -23,7 +23,7 @@ from eventbus import errors
 from eventbus.interfaces import IDatabase
 from eventbus.storage import migrate
 from eventbus.storage.engines import BUSY_TIMEOUT_MS, make_engine
-from eventbus.storage.writer import Committed, GroupCommitWriter
+from eventbus.storage.writer import Committed, GroupCommitWriter, Reply
 
 
 @implementer(IDatabase)
@@ -81,6 +81,17 @@ class Database(Service):
             return self.writer.submit(fn, args, committed)
         except errors.BusError as e:
             return fail(e)
+
+    def write_then(
+        self, fn: Callable[..., Any], args: tuple, reply: Reply, committed: Committed | None = None
+    ) -> None:
+        if self.writer is None or not self.running:
+            reply(errors.unavailable("the server is shutting down"))
+            return
+        try:
+            self.writer.submit_then(fn, args, reply, committed)
+        except errors.BusError as e:
+            reply(e)
 
     def read(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         if self._pool is None or not self.running:

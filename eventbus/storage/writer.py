@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,13 +29,20 @@ from eventbus.errors import BusError
 
 
 class _Job:
-    __slots__ = ("fn", "args", "deferred", "committed")
+    __slots__ = ("fn", "args", "reply", "committed")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple, committed: Committed | None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple, reply: Reply, committed: Committed | None
+    ) -> None:
         self.fn = fn
         self.args = args
-        self.deferred: Deferred = Deferred()
+        self.reply = reply
         self.committed = committed
+
+
+#: ``reply(outcome)``: called on the reactor thread with the job's result
+#: once committed, or with the BusError or Failure that refused it.
+Reply = Callable[[Any], None]
 
 
 #: ``committed(args, result)``: called on the reactor thread once a job's
@@ -79,14 +87,22 @@ class GroupCommitWriter:
 
     def submit(self, fn: Callable[..., Any], args: tuple, committed: Committed | None = None) -> Deferred:
         """Queue ``fn(conn, *args)``; the Deferred fires after its commit."""
-        job = _Job(fn, args, committed)
+        d: Deferred = Deferred()
+        self.submit_then(fn, args, partial(_fire, d), committed)
+        return d
+
+    def submit_then(
+        self, fn: Callable[..., Any], args: tuple, reply: Reply, committed: Committed | None = None
+    ) -> None:
+        """Queue ``fn(conn, *args)``; ``reply`` gets its outcome after the
+        commit: the write path's way, without a Deferred per request."""
+        job = _Job(fn, args, reply, committed)
         with self._cond:
             if self._stopping:
                 raise BusError("unavailable", "the server is shutting down")
             self._queue.append(job)
             if len(self._queue) == 1:
                 self._cond.notify()
-        return job.deferred
 
     def stop(self) -> Deferred:
         """Run what is queued, then end the thread; fires when it has."""
@@ -225,12 +241,20 @@ def _run_jobs(conn: sa.Connection, jobs: list[_Job]) -> list[Any]:
 
 def _deliver(jobs: list[_Job], results: list[Any]) -> None:
     for job, result in zip(jobs, results):
-        if isinstance(result, (BusError, Failure)):
-            job.deferred.errback(result)
-            continue
-        if job.committed is not None:
+        if job.committed is not None and not isinstance(result, (BusError, Failure)):
             try:
                 job.committed(job.args, result)
             except Exception:
                 GroupCommitWriter.log.failure("after-commit hook failed")
-        job.deferred.callback(result)
+        try:
+            job.reply(result)
+        except Exception:
+            # One reply's bug must not cost the rest of the batch theirs.
+            GroupCommitWriter.log.failure("reply to a write failed")
+
+
+def _fire(d: Deferred, outcome: Any) -> None:
+    if isinstance(outcome, (BusError, Failure)):
+        d.errback(outcome)
+    else:
+        d.callback(outcome)
