@@ -28,7 +28,7 @@ from eventbus.clock import now_us
 from eventbus.errors import BusError
 from eventbus.interfaces import IAuthenticator, IDispatcher, IEvents, IStreams
 from eventbus.records import DEAD, RETRY, UNPROCESSED, Written
-from eventbus.responses import error_line, event_json, ok_line, page_json, stream_json
+from eventbus.responses import error_line, event_json, ok_line, page_json, stream_json, written_one_line
 
 READ, WRITE = "read", "write"
 MAX_BATCH = 1000
@@ -230,10 +230,9 @@ def _write_event(ctx: Context, args: dict[str, Any]) -> None:
 def _written_one(outcome: Any) -> bytes:
     """The write_event answer to the writer's outcome for it."""
     if isinstance(outcome, Written):
-        body: dict[str, Any] = {"event": event_json(outcome.events[0])}
-        if outcome.duplicate:
-            body["duplicate"] = True
-        return ok_line("write_event", body)
+        if not outcome.duplicate:
+            return written_one_line(outcome.events[0])
+        return ok_line("write_event", {"event": event_json(outcome.events[0]), "duplicate": True})
     if isinstance(outcome, BusError):
         return error_line("write_event", outcome)
     return _failed(outcome, "write_event")
@@ -427,8 +426,11 @@ def _answered(operation: str, line: bytes, closes: bool = False, code: str | Non
 
 # orjson reads an integer beyond 64 bits as a float, silently changing it;
 # such a request is refused instead (``invalid_json``). The cheap test runs on
-# every line; the exact one only when 19 digits stand in a row.
-_LONG_DIGITS = re.compile(rb"\d{19}")
+# every line: every digit becomes "0", everything else ".", and 19 zeros in a
+# row mean 19 digits in a row (C speed: a regular expression cost five times
+# as much per line); the exact test runs only then.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
+_NINETEEN_DIGITS = b"0" * 19
 
 
 def _exact_int(text: str) -> int:
@@ -471,7 +473,11 @@ class Dispatcher:
             request = orjson.loads(line)
         except orjson.JSONDecodeError:
             request = None
-        if request is not None and _LONG_DIGITS.search(line) and _has_huge_integer(line):
+        if (
+            request is not None
+            and _NINETEEN_DIGITS in line.translate(_DIGITS_AS_ZEROS)
+            and _has_huge_integer(line)
+        ):
             request = None
         if not isinstance(request, dict):
             return _answered("decode_request", error_line("decode_request", errors.invalid_json()))

@@ -1,0 +1,41 @@
+"""The write_event answer, formatted directly, is the generic encoding byte for byte."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from eventbus.records import Event
+from eventbus.responses import event_json, ok_line, written_one_line
+
+T = 1_764_438_000_123_456
+
+BODIES = [
+    {"n": 1},
+    'text with "quotes", a backslash \\ and a tab\t',
+    {"unicode": "événement ✓ 事件 😀", "nested": {"list": [1, 2.5, None, True, {"deep": []}]}},
+    [],
+    0,
+    -12345678901234567,
+    "</script>\u2028",
+]
+
+
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+@pytest.mark.parametrize("seq", [1, 2**62 + 7])
+def test_written_one_line_is_the_generic_answer(body: object, seq: int) -> None:
+    text = orjson.dumps(body).decode("utf-8")  # as bodies are stored
+    event = Event(
+        seq,
+        "01a2289f-af40-7454-a111-645c68fa120e",
+        "6ec3d84f-5023-4a16-a43f-3668abf2128c",
+        0,
+        T + seq % 1000,
+        text,
+        0,
+        None,
+        None,
+    )
+    direct = written_one_line(event)
+    assert direct == ok_line("write_event", {"event": event_json(event)})
+    assert orjson.loads(direct)["body"]["event"]["body"] == body
