@@ -28,7 +28,15 @@ from eventbus.clock import now_us
 from eventbus.errors import BusError
 from eventbus.interfaces import IAuthenticator, IDispatcher, IEvents, IStreams
 from eventbus.records import DEAD, RETRY, UNPROCESSED, Written
-from eventbus.responses import error_line, event_json, ok_line, page_json, stream_json, written_one_line
+from eventbus.responses import (
+    error_line,
+    event_json,
+    ok_line,
+    page_json,
+    stream_json,
+    written_line,
+    written_one_line,
+)
 
 READ, WRITE = "read", "write"
 MAX_BATCH = 1000
@@ -233,14 +241,27 @@ def _written_one(outcome: Any) -> bytes:
         if not outcome.duplicate:
             return written_one_line(outcome.events[0])
         return ok_line("write_event", {"event": event_json(outcome.events[0]), "duplicate": True})
+    return _refused(outcome, "write_event")
+
+
+def _refused(outcome: BusError | Failure, operation: str) -> bytes:
+    """The answer to a write the writer refused or failed."""
     if isinstance(outcome, BusError):
-        return error_line("write_event", outcome)
-    return _failed(outcome, "write_event")
+        return error_line(operation, outcome)
+    return _failed(outcome, operation)
 
 
-def _write_events(ctx: Context, args: dict[str, Any]) -> Deferred:
-    d = ctx.events.write(args["stream_name"], args["events"], ctx.now)
-    return d.addCallback(lambda w: {"events": [event_json(e) for e in w.events]})
+def _write_events(ctx: Context, args: dict[str, Any]) -> None:
+    answer = ctx.answer
+    assert answer is not None
+
+    def reply(outcome: Any) -> None:
+        if isinstance(outcome, Written):
+            answer(written_line(outcome.events))
+        else:
+            answer(_refused(outcome, "write_events"))
+
+    ctx.events.write_then(args["stream_name"], args["events"], ctx.now, None, reply)
 
 
 def _consume(status: int) -> Callable[[Context, dict[str, Any]], Deferred]:
@@ -363,6 +384,7 @@ OPERATIONS: tuple[Operation, ...] = (
         _write_events,
         (_STREAM, Field("events", _event_values, wire_type="[]json")),
         lane=WRITE,
+        answers=True,
     ),
     Operation(
         "mark_events",

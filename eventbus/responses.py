@@ -42,27 +42,35 @@ def event_json(event: Event, leased: bool = False) -> dict[str, Any]:
     return out
 
 
-# Every write_event is answered with this line: formatted directly, it costs
-# a fraction of building the dicts and encoding them, and it is byte for byte
-# what ok_line("write_event", {"event": event_json(event)}) gives (tested).
-# Ids and times are ASCII; the body is already compact JSON text.
-_WRITTEN_ONE = (
-    '{{"operation":"write_event","status":true,"body":{{"event":{{"id":"{}","stream_id":"{}",'
-    '"status":{},"created_at":"{}","body":{},"seq":{},"deliveries":{}}}}}}}\n'
+# Every write is answered with these lines: formatted directly, they cost a
+# fraction of building the dicts and encoding them, and they are byte for
+# byte what ok_line gives for event_json's dicts (tested). Ids and times are
+# ASCII; the body is already compact JSON text.
+_EVENT_TEXT = (
+    '{{"id":"{}","stream_id":"{}","status":{},"created_at":"{}","body":{},"seq":{},"deliveries":{}}}'
 ).format
+
+
+def _event_texts(events: list[Event]) -> list[str]:
+    out = []
+    last_us, created = -1, ""
+    for e in events:
+        if e.created_at != last_us:  # the events of one write share their time
+            last_us, created = e.created_at, rfc3339(e.created_at)
+        out.append(_EVENT_TEXT(e.id, e.stream_id, e.status, created, e.body, e.seq, e.deliveries))
+    return out
 
 
 def written_one_line(event: Event) -> bytes:
     """The write_event answer for a newly written ``event``."""
-    return _WRITTEN_ONE(
-        event.id,
-        event.stream_id,
-        event.status,
-        rfc3339(event.created_at),
-        event.body,
-        event.seq,
-        event.deliveries,
-    ).encode("utf-8")
+    text = _event_texts([event])[0]
+    return f'{{"operation":"write_event","status":true,"body":{{"event":{text}}}}}\n'.encode()
+
+
+def written_line(events: list[Event]) -> bytes:
+    """The write_events answer for newly written ``events``."""
+    texts = ",".join(_event_texts(events))
+    return f'{{"operation":"write_events","status":true,"body":{{"events":[{texts}]}}}}\n'.encode()
 
 
 def page_json(page: Page, leased: bool = False) -> dict[str, Any]:

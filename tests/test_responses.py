@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from eventbus.records import Event
-from eventbus.responses import event_json, ok_line, written_one_line
+from eventbus.responses import event_json, ok_line, written_line, written_one_line
 
 T = 1_764_438_000_123_456
 
@@ -39,3 +39,23 @@ def test_written_one_line_is_the_generic_answer(body: object, seq: int) -> None:
     direct = written_one_line(event)
     assert direct == ok_line("write_event", {"event": event_json(event)})
     assert orjson.loads(direct)["body"]["event"]["body"] == body
+
+
+def test_written_line_is_the_generic_answer() -> None:
+    events = [
+        Event(
+            100 + n,
+            f"01a2289f-af40-7454-a111-{n:012x}",
+            "6ec3d84f-5023-4a16-a43f-3668abf2128c",
+            0,
+            T + (n // 3),  # some share their time, some do not
+            orjson.dumps(body).decode("utf-8"),
+            0,
+            None,
+            None,
+        )
+        for n, body in enumerate(BODIES * 3)
+    ]
+    direct = written_line(events)
+    assert direct == ok_line("write_events", {"events": [event_json(e) for e in events]})
+    assert [e["body"] for e in orjson.loads(direct)["body"]["events"]] == BODIES * 3

@@ -46,8 +46,8 @@ Reply = Callable[[Any], None]
 
 
 #: ``committed(args, result)``: called on the reactor thread once a job's
-#: change is durable, before its Deferred fires, whether or not the caller
-#: still waits for it (a client gone away cancels only its Deferred).
+#: change is durable, before its reply, whether or not the caller still
+#: waits for it (a client gone away cancels only its Deferred).
 Committed = Callable[[tuple, Any], None]
 
 
