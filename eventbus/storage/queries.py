@@ -7,6 +7,7 @@ They take and return plain values (:mod:`eventbus.records`). Writes raise
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -412,6 +413,57 @@ def stats_txn(conn: sa.Connection, name: str, now: int) -> tuple[Stream, Stats]:
 # -- leasing and marking -----------------------------------------------------
 
 
+class _LeaseRow(NamedTuple):
+    seq: int
+    id: str
+    status: int
+    created_at: int
+    body: str
+    deliveries: int
+    lease_id: str | None
+    lease_expires: int | None
+    stream_sid: int
+
+
+def _positional(statement: sa.Executable) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """``statement`` compiled for SQLite: its text, the names of its
+    parameters in order, and the values the statement itself fixes."""
+    compiled = statement.compile(dialect=sqlite.dialect())
+    return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
+
+
+def _lease_candidates(after: bool) -> sa.Select:
+    query = sa.select(*_EVENT_COLS, events.c.stream_sid).where(
+        events.c.stream_sid == sa.bindparam("sid"),
+        events.c.status == sa.bindparam("status"),
+        sa.or_(events.c.lease_expires.is_(None), events.c.lease_expires <= sa.bindparam("now")),
+    )
+    if after:
+        query = query.where(events.c.seq > sa.bindparam("after"))
+    return query.order_by(events.c.seq).limit(sa.bindparam("n"))
+
+
+# Built once (a lease is every consumer's hot path), by whether the caller
+# pages with after_seq; SQLite runs them compiled, through the driver.
+_LEASE_CANDIDATES = {after: _lease_candidates(after) for after in (False, True)}
+_LEASE_CANDIDATES_PG = {after: q.with_for_update(skip_locked=True) for after, q in _LEASE_CANDIDATES.items()}
+_LEASE_CANDIDATES_SQLITE = {after: _positional(q) for after, q in _LEASE_CANDIDATES.items()}
+_LEASE = (
+    sa.update(events)
+    .where(events.c.seq.in_(sa.bindparam("seqs", expanding=True)))
+    .values(
+        lease_id=sa.bindparam("token"),
+        lease_expires=sa.bindparam("expires"),
+        deliveries=events.c.deliveries + 1,
+    )
+)
+# SQLite: the page's seqs as one JSON array, one statement whatever the page's size.
+_LEASE_SQLITE = (
+    "UPDATE events SET lease_id = ?, lease_expires = ?, deliveries = deliveries + 1"
+    " WHERE seq IN (SELECT value FROM json_each(?))"
+)
+
+
 def lease_page_txn(
     conn: sa.Connection,
     name: str,
@@ -423,17 +475,15 @@ def lease_page_txn(
 ) -> Page:
     """Hand up to ``limit`` unleased events of ``status`` to one caller."""
     stream = find_stream_txn(conn, name)
-    query = sa.select(*_EVENT_COLS, events.c.stream_sid).where(
-        events.c.stream_sid == stream.sid,
-        events.c.status == status,
-        sa.or_(events.c.lease_expires.is_(None), events.c.lease_expires <= now),
-    )
-    if after_seq is not None:
-        query = query.where(events.c.seq > after_seq)
-    query = query.order_by(events.c.seq).limit(limit + 1)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    rows = conn.execute(query).all()
+    values = {"sid": stream.sid, "status": status, "now": now, "after": after_seq, "n": limit + 1}
+    after = after_seq is not None
+    if conn.dialect.name == "sqlite":
+        sql, order, fixed = _LEASE_CANDIDATES_SQLITE[after]
+        found = _driver(conn).execute(sql, [values.get(k, fixed.get(k)) for k in order]).fetchall()
+        rows = [_new(_LeaseRow, row) for row in found]
+    else:
+        statement = _LEASE_CANDIDATES_PG[after] if _pg(conn) else _LEASE_CANDIDATES[after]
+        rows = conn.execute(statement, values).all()
     more = len(rows) > limit
     rows = rows[:limit]
     # Where the next page starts: after this one's last row, even when that
@@ -449,22 +499,26 @@ def lease_page_txn(
     # settle the page under it; a later lease of any of them gets a new one.
     token = random_token()
     if rows:
-        conn.execute(
-            sa.update(events)
-            .where(events.c.seq.in_([row.seq for row in rows]))
-            .values(lease_id=token, lease_expires=expires, deliveries=events.c.deliveries + 1)
-        )
+        seqs = [row.seq for row in rows]
+        if conn.dialect.name == "sqlite":
+            _driver(conn).execute(_LEASE_SQLITE, (token, expires, json.dumps(seqs)))
+        else:
+            conn.execute(_LEASE, {"seqs": seqs, "token": token, "expires": expires})
+    stream_id = stream.id
     leased = [
-        Event(
-            row.seq,
-            row.id,
-            stream.id,
-            row.status,
-            row.created_at,
-            row.body,
-            row.deliveries + 1,
-            token,
-            expires,
+        _new(
+            Event,
+            (
+                row.seq,
+                row.id,
+                stream_id,
+                row.status,
+                row.created_at,
+                row.body,
+                row.deliveries + 1,
+                token,
+                expires,
+            ),
         )
         for row in rows
     ]
@@ -481,6 +535,44 @@ def _dead_letter(conn: sa.Connection, rows: Sequence[Any]) -> None:
     _count(conn, _moves(rows, DEAD))
 
 
+class _MarkRow(NamedTuple):
+    id: str
+    stream_sid: int
+    status: int
+    lease_id: str | None
+    lease_expires: int | None
+    name: str
+
+
+# Built once: marking is every consumer's hot path. SQLite gets the ids as
+# one JSON array (one statement whatever their number), through the driver.
+_MARK_ROWS = (
+    sa.select(*(getattr(events.c, f) for f in _MarkRow._fields[:-1]), streams.c.name)
+    .join(streams, streams.c.sid == events.c.stream_sid)
+    .where(events.c.id.in_(sa.bindparam("ids", expanding=True)))
+)
+_MARK_ROWS_PG = _MARK_ROWS.order_by(events.c.seq).with_for_update(of=events)
+_MARK_ROWS_SQLITE = (
+    f"SELECT {', '.join('events.' + f for f in _MarkRow._fields[:-1])}, streams.name"
+    " FROM events JOIN streams ON streams.sid = events.stream_sid"
+    " WHERE events.id IN (SELECT value FROM json_each(?))"
+)
+_MARK = (
+    sa.update(events)
+    .where(events.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(status=sa.bindparam("new_status"), lease_id=None, lease_expires=None)
+)
+_MARK_REDRIVE = _MARK.values(deliveries=sa.case((events.c.status == DEAD, 0), else_=events.c.deliveries))
+# (In an UPDATE every expression reads the row as it was: CASE sees the old status.)
+_MARK_SQLITE = (
+    "UPDATE events SET status = ?, lease_id = NULL, lease_expires = NULL"
+    " WHERE id IN (SELECT value FROM json_each(?))"
+)
+_MARK_REDRIVE_SQLITE = _MARK_SQLITE.replace(
+    "SET status = ?", f"SET deliveries = CASE WHEN status = {DEAD} THEN 0 ELSE deliveries END, status = ?"
+)
+
+
 def mark_events_txn(
     conn: sa.Connection,
     ids: list[str],
@@ -494,25 +586,18 @@ def mark_events_txn(
     With ``visible`` (a client limited to some streams, PROTOCOL.md 7.8),
     events of the streams it rejects are left alone and reported not found.
     """
-    query = (
-        sa.select(
-            events.c.id,
-            events.c.stream_sid,
-            events.c.status,
-            events.c.lease_id,
-            events.c.lease_expires,
-            streams.c.name,
-        )
-        .join(streams, streams.c.sid == events.c.stream_sid)
-        # No id holds U+0000, and PostgreSQL refuses it in a parameter.
-        .where(events.c.id.in_([i for i in ids if "\x00" not in i]))
-    )
-    if _pg(conn):
+    # No id holds U+0000, and PostgreSQL refuses it in a parameter.
+    wanted = [i for i in ids if "\x00" not in i]
+    sqlite_ = conn.dialect.name == "sqlite"
+    if sqlite_:
+        found = _driver(conn).execute(_MARK_ROWS_SQLITE, (json.dumps(wanted),)).fetchall()
+        rows = [_new(_MarkRow, row) for row in found]
+    else:
         # Another node may mark the same events now: lock them (in one
         # order) so the statuses read here, and the counts moved from them,
         # are the current ones.
-        query = query.order_by(events.c.seq).with_for_update(of=events)
-    rows = conn.execute(query).all()
+        statement = _MARK_ROWS_PG if _pg(conn) else _MARK_ROWS
+        rows = conn.execute(statement, {"ids": wanted}).all()
     if visible is not None:
         rows = [row for row in rows if visible(row.name)]
     found = {row.id: row for row in rows}
@@ -527,11 +612,14 @@ def mark_events_txn(
     lost_set = set(lost)
     chosen = [row for row in rows if row.id not in lost_set]
     if chosen:
-        values: dict[str, Any] = {"status": status, "lease_id": None, "lease_expires": None}
-        if status in (UNPROCESSED, RETRY):
-            # Redrive: a dead event brought back starts its deliveries again.
-            values["deliveries"] = sa.case((events.c.status == DEAD, 0), else_=events.c.deliveries)
-        conn.execute(sa.update(events).where(events.c.id.in_([r.id for r in chosen])).values(**values))
+        # Redrive (back to unprocessed or retry): a dead event starts its deliveries again.
+        redrive = status in (UNPROCESSED, RETRY)
+        chosen_ids = [r.id for r in chosen]
+        if sqlite_:
+            sql = _MARK_REDRIVE_SQLITE if redrive else _MARK_SQLITE
+            _driver(conn).execute(sql, (status, json.dumps(chosen_ids)))
+        else:
+            conn.execute(_MARK_REDRIVE if redrive else _MARK, {"ids": chosen_ids, "new_status": status})
         _count(conn, _moves(chosen, status))
     names = sorted({row.name for row in chosen})
     if status in (UNPROCESSED, RETRY):
