@@ -227,7 +227,7 @@ def _write_events_batch(conn: sa.Connection, jobs: list[tuple]) -> list[Written 
 
     ``jobs`` are write_events_txn's argument tuples, so ``key`` may be left out.
     It runs for every write a server takes, so it stays flat: one lookup per
-    stream, one batch of ids, one insert, one tuple per event.
+    stream, one batch of ids, a few multi-row inserts, one tuple per event.
     """
     names = {job[0] for job in jobs}
     if conn.dialect.name == "sqlite":
@@ -304,9 +304,9 @@ def _insert_events(
 
     SQLite: the writer holds the write lock (BEGIN IMMEDIATE), so it
     allocates seq itself, from the highest ever handed out, as SQLite's
-    AUTOINCREMENT would, and the driver inserts all rows in one executemany
-    of a statement compiled once: no RETURNING, no SQLAlchemy work per row
-    through the driver's own cursor (see :func:`_driver`).
+    AUTOINCREMENT would, and inserts the rows many per statement (see
+    :func:`_insert_chunks`) through the driver's own cursor (see
+    :func:`_driver`): no RETURNING, no SQLAlchemy work per row.
     Other databases: the generic INSERT ... RETURNING, in parameter order.
     """
     if conn.dialect.name == "sqlite":
@@ -588,10 +588,10 @@ def mark_events_txn(
     """
     # No id holds U+0000, and PostgreSQL refuses it in a parameter.
     wanted = [i for i in ids if "\x00" not in i]
-    sqlite_ = conn.dialect.name == "sqlite"
-    if sqlite_:
-        found = _driver(conn).execute(_MARK_ROWS_SQLITE, (json.dumps(wanted),)).fetchall()
-        rows = [_new(_MarkRow, row) for row in found]
+    on_sqlite = conn.dialect.name == "sqlite"
+    if on_sqlite:
+        fetched = _driver(conn).execute(_MARK_ROWS_SQLITE, (json.dumps(wanted),)).fetchall()
+        rows = [_new(_MarkRow, row) for row in fetched]
     else:
         # Another node may mark the same events now: lock them (in one
         # order) so the statuses read here, and the counts moved from them,
@@ -615,7 +615,7 @@ def mark_events_txn(
         # Redrive (back to unprocessed or retry): a dead event starts its deliveries again.
         redrive = status in (UNPROCESSED, RETRY)
         chosen_ids = [r.id for r in chosen]
-        if sqlite_:
+        if on_sqlite:
             sql = _MARK_REDRIVE_SQLITE if redrive else _MARK_SQLITE
             _driver(conn).execute(sql, (status, json.dumps(chosen_ids)))
         else:
