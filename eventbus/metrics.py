@@ -234,7 +234,9 @@ class MeteredDispatcher:
 
         def timed_run(answer: Callable[[bytes], None] | None = None) -> Any:
             if answer is not None:
-                return call(*args, lambda line: answer(done(line)))
+                # It answers later through ``answer``, or refuses at once with a line.
+                result = call(*args, lambda line: answer(done(line)))
+                return None if result is None else done(result)
             result = call(*args)
             if isinstance(result, Deferred):
                 return result.addCallback(done)

@@ -272,3 +272,39 @@ def test_bad_options_stop_start_up(tmp_path: Path) -> None:
         proc = ServerProcess(tmp_path / args[0].strip("-"), extra_args=args)
         with pytest.raises(RuntimeError, match="server exited with 2"):
             proc.start(timeout=20)
+
+
+def test_metered_dispatcher_counts_answering_requests_however_they_answer() -> None:
+    """A write answers later through its callback, or refuses at once with a
+    line: the metrics count both."""
+    from eventbus.metrics import MeteredDispatcher, Metrics
+    from eventbus.operations import Request
+
+    later: list[Any] = []
+
+    class _Inner:
+        def prepare(self, line: bytes) -> Request:
+            if line == b"now":
+                return Request(
+                    "write_event",
+                    "write",
+                    False,
+                    lambda answer: b'{"status":false,"code":"unavailable"}\n',
+                    answers=True,
+                )
+            return Request("write_event", "write", False, lambda answer: later.append(answer), answers=True)
+
+    metrics = Metrics()
+    dispatcher = MeteredDispatcher(_Inner(), metrics)
+    answered: list[bytes] = []
+    assert dispatcher.prepare(b"later").run(answered.append) is None
+    assert dispatcher.prepare(b"now").run(answered.append) == b'{"status":false,"code":"unavailable"}\n'
+    later[0](b'{"status":true}\n')
+    assert answered == [b'{"status":true}\n']
+    counted = {
+        (s.labels["operation"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for s in family.samples
+        if s.name == "eventbus_requests_total"
+    }
+    assert counted == {("write_event", "ok"): 1.0, ("write_event", "unavailable"): 1.0}
