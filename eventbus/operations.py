@@ -226,42 +226,37 @@ def _get_stream_events(ctx: Context, args: dict[str, Any]) -> Deferred:
 
 
 def _write_event(ctx: Context, args: dict[str, Any]) -> None:
-    answer = ctx.answer
-    assert answer is not None
-
-    def reply(outcome: Any) -> None:
-        answer(_written_one(outcome))
-
+    reply = _answer_written(ctx, "write_event", _written_one)
     ctx.events.write_then(args["stream_name"], [args["event"]], ctx.now, args.get("key"), reply)
 
 
-def _written_one(outcome: Any) -> bytes:
-    """The write_event answer to the writer's outcome for it."""
-    if isinstance(outcome, Written):
-        if not outcome.duplicate:
-            return written_one_line(outcome.events[0])
-        return ok_line("write_event", {"event": event_json(outcome.events[0]), "duplicate": True})
-    return _refused(outcome, "write_event")
-
-
-def _refused(outcome: BusError | Failure, operation: str) -> bytes:
-    """The answer to a write the writer refused or failed."""
-    if isinstance(outcome, BusError):
-        return error_line(operation, outcome)
-    return _failed(outcome, operation)
-
-
 def _write_events(ctx: Context, args: dict[str, Any]) -> None:
+    reply = _answer_written(ctx, "write_events", lambda written: written_line(written.events))
+    ctx.events.write_then(args["stream_name"], args["events"], ctx.now, None, reply)
+
+
+def _answer_written(
+    ctx: Context, operation: str, encode: Callable[[Written], bytes]
+) -> Callable[[Any], None]:
+    """The writer's reply for a write: its answer line, encoded, or the error."""
     answer = ctx.answer
     assert answer is not None
 
     def reply(outcome: Any) -> None:
         if isinstance(outcome, Written):
-            answer(written_line(outcome.events))
+            answer(encode(outcome))
+        elif isinstance(outcome, BusError):
+            answer(error_line(operation, outcome))
         else:
-            answer(_refused(outcome, "write_events"))
+            answer(_failed(outcome, operation))
 
-    ctx.events.write_then(args["stream_name"], args["events"], ctx.now, None, reply)
+    return reply
+
+
+def _written_one(written: Written) -> bytes:
+    if not written.duplicate:
+        return written_one_line(written.events[0])
+    return ok_line("write_event", {"event": event_json(written.events[0]), "duplicate": True})
 
 
 def _consume(status: int) -> Callable[[Context, dict[str, Any]], Deferred]:
