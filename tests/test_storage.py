@@ -338,6 +338,65 @@ def test_group_commit_runs_all_pending_jobs_in_one_transaction(engine: sa.Engine
     assert results[50][0].name == "h"
 
 
+# Bodies as compact JSON texts, some that JSON-in-JSON could garble on the way in.
+AWKWARD_BODIES = [
+    '"événement ✓ 事件 😀"',
+    '{"quote":"\\"","backslash":"\\\\","nul":"\\u0000","newline":"\\n"}',
+    "18446744073709551615",
+    "-1.5e-300",
+    '[null,true,false,{},[]]',
+    '"\\ud83d\\ude00 \\u2028"',
+]
+
+
+def test_a_group_commit_stores_every_body_exactly_as_written(engine: sa.Engine) -> None:
+    """One statement inserts the whole batch from one JSON text (SQLite):
+    every body comes back byte for byte, under the seq and id it was given."""
+    hop = ThreadHop()
+    writer = GroupCommitWriter(engine, hop)
+    txn(engine, q.create_stream_txn, "j", T0, None, None)
+    results = [
+        outcome(writer.submit(q.write_events_txn, ("j", AWKWARD_BODIES[:2], T0))),
+        outcome(writer.submit(q.write_events_txn, ("j", [AWKWARD_BODIES[2]], T0 + 1, "k1"))),
+        outcome(writer.submit(q.write_events_txn, ("j", AWKWARD_BODIES[3:], T0 + 2))),
+    ]
+    _run_queued(writer, hop, results)
+    assert writer.batches == 1
+    written = [e for r in results for e in r[0].events]
+    stored = txn(engine, q.read_page_txn, "j", None, None, 100).events
+    assert [(e.seq, e.id, e.body, e.created_at) for e in stored] == [
+        (e.seq, e.id, e.body, e.created_at) for e in written
+    ]
+    assert [e.body for e in stored] == AWKWARD_BODIES
+    assert [e.created_at for e in stored] == [T0, T0, T0 + 1, T0 + 2, T0 + 2, T0 + 2]
+    assert [e.seq for e in stored] == list(range(stored[0].seq, stored[0].seq + 6))
+    assert all(e.status == UNPROCESSED and e.deliveries == 0 for e in stored)
+    again = txn(engine, q.write_events_txn, "j", ['"other"'], T0 + 3, "k1")
+    assert again.duplicate and again.events[0].id == written[2].id, "the key was not stored"
+
+
+def test_a_batch_beyond_one_statements_size_is_inserted_in_parts(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(q, "_INSERT_JSON_MAX_BYTES", 300)
+    statements: list[int] = []
+    real = q._insert_json_rows
+
+    def counted(cursor: Any, first: int, rows: list[tuple]) -> None:
+        statements.append(len(rows))
+        real(cursor, first, rows)
+
+    monkeypatch.setattr(q, "_insert_json_rows", counted)
+    txn(engine, q.create_stream_txn, "p", T0, None, None)
+    sent = [f'"{n:03}{"x" * 40}"' for n in range(20)]
+    written = txn(engine, q.write_events_txn, "p", sent, T0)
+    stored = txn(engine, q.read_page_txn, "p", None, None, 100).events
+    assert [e.body for e in stored] == sent
+    assert [(e.seq, e.id) for e in stored] == [(e.seq, e.id) for e in written.events]
+    assert [e.seq for e in stored] == list(range(stored[0].seq, stored[0].seq + 20))
+    assert len(statements) > 3, "one statement held it all: the limit was not applied"
+
+
 def test_the_commit_hook_runs_even_when_the_caller_left(engine: sa.Engine) -> None:
     """A client gone before its write commits cancels only its Deferred: the
     hook that wakes long polls still runs, with the job's args and result."""
