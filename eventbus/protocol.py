@@ -85,6 +85,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self._producing = False  # registered as the transport's producer
         self._pending_bytes = 0  # request bytes not yet answered
         self._starting = False  # inside _start_blocked
+        self._receiving = False  # inside dataReceived
         # TimeoutMixin's clock: the factory's reactor (a Clock in unit tests).
         self.callLater = factory.reactor.callLater
         # Activity is stamped, not pushed into the timer at every line: the
@@ -177,7 +178,11 @@ class BusProtocol(LineReceiver, TimeoutMixin):
             # transport goes on delivering while it waits for close_notify).
             self.clearLineBuffer()
             return
-        LineReceiver.dataReceived(self, data)
+        self._receiving = True
+        try:
+            LineReceiver.dataReceived(self, data)
+        finally:
+            self._receiving = False
 
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
@@ -345,6 +350,8 @@ class BusProtocol(LineReceiver, TimeoutMixin):
                 break
         if out and not self._lost:
             self.transport.writeSequence(out)
+            if not slots and not close and not self._receiving:
+                self._send_now()
             # Answering is activity: the idle clock starts again from here.
             self._last_active = self._seconds()
         if close:
@@ -358,6 +365,24 @@ class BusProtocol(LineReceiver, TimeoutMixin):
             and self._pending_bytes < self.limits.max_pending_bytes // 2
         ):
             self._resume(_PENDING)
+
+    def _send_now(self) -> None:
+        """Send what was just written now, not on the reactor's next turn.
+
+        Twisted sends a write once the reactor next polls the socket; an
+        answer the client waits for (nothing else pending on the connection,
+        not amid reading its lines, where one send per chunk is better) goes
+        out at once: bench.compare x1.1 at 64 x 1 and 64 x 16. Only on a
+        plain TCP transport still open: ``doWrite`` is what the reactor
+        would call; if the send fails, the transport stays registered for
+        writing and the reactor meets the failure on its next turn as it
+        would have anyway.
+        """
+        transport = self.transport
+        do_write = getattr(transport, "doWrite", None)
+        if do_write is None or getattr(transport, "TLS", False) or transport.disconnecting:
+            return
+        do_write()
 
     # -- flow control ----------------------------------------------------------------
     # The transport calls pauseProducing/resumeProducing (we are registered as

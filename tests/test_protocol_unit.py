@@ -370,6 +370,64 @@ def test_connection_lost_cancels_in_flight_and_writes_nothing_more() -> None:
     assert transport.value() == b""
 
 
+# -- sending an awaited answer at once -------------------------------------------------
+
+
+class SendingTransport(StringTransport):
+    """A StringTransport that, like a TCP transport, has ``doWrite`` (the
+    reactor's call when the socket can take data): counted, not sent."""
+
+    TLS = False
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=PEER)
+        self.sent_now = 0
+
+    def doWrite(self) -> None:
+        self.sent_now += 1
+
+
+def connect_sending(script: Script) -> tuple[BusProtocol, SendingTransport]:
+    factory = BusFactory(script, Limits(), Clock())
+    proto = factory.buildProtocol(PEER)
+    transport = SendingTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_the_answer_nothing_waits_behind_is_sent_at_once() -> None:
+    script = Script()
+    proto, transport = connect_sending(script)
+    send(proto, b"write:a\nwrite:b\n")
+    script.finish("a")
+    assert (lines(transport), transport.sent_now) == (done("a"), 0), "b still pending: the reactor sends a"
+    script.finish("b")
+    assert (lines(transport), transport.sent_now) == (done("b"), 1)
+
+
+def test_answers_given_while_reading_wait_for_the_reactors_turn() -> None:
+    """Answered amid the lines of one chunk: one send for them all, later."""
+    script = Script()
+    proto, transport = connect_sending(script)
+    send(proto, b"now:a\nnow:b\nnow:c\n")
+    assert (lines(transport), transport.sent_now) == (done("a", "b", "c"), 0)
+
+
+def test_no_send_at_once_on_a_closing_or_tls_transport() -> None:
+    script = Script()
+    proto, transport = connect_sending(script)
+    send(proto, b"read:a\n")
+    transport.disconnecting = True  # loseConnection: the reactor finishes the close
+    script.finish("a")
+    assert (lines(transport), transport.sent_now) == (done("a"), 0)
+
+    proto, transport = connect_sending(script)
+    transport.TLS = True  # TLS started on it: the TLS layer owns the sending
+    send(proto, b"read:b\n")
+    script.finish("b")
+    assert (lines(transport), transport.sent_now) == (done("b"), 0)
+
+
 # -- exit and line_too_long close the connection -----------------------------------------------
 
 
