@@ -378,7 +378,7 @@ def test_a_group_commit_stores_every_body_exactly_as_written(engine: sa.Engine) 
 def test_a_batch_beyond_one_statements_size_is_inserted_in_parts(
     engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(q, "_INSERT_JSON_MAX_BYTES", 300)
+    monkeypatch.setattr(q, "_INSERT_JSON_MAX_CHARS", 300)
     statements: list[int] = []
     real = q._insert_json_rows
 

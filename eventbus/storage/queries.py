@@ -7,7 +7,7 @@ They take and return plain values (:mod:`eventbus.records`). Writes raise
 
 from __future__ import annotations
 
-import json
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -66,10 +66,10 @@ _INSERT_JSON_ROWS_SQL = (
     f" SELECT ? + key, value ->> 0, value ->> 1, {UNPROCESSED}, value ->> 2, value ->> 3, 0, value ->> 4"
     " FROM json_each(?)"
 )
-# The JSON of one statement at most (SQLite refuses a value longer than
-# SQLITE_MAX_LENGTH, 10**9 bytes by default): a group commit of many large
-# events takes a few statements.
-_INSERT_JSON_MAX_BYTES = 64 * 1024 * 1024
+# The JSON of one statement at most, in characters (SQLite refuses a value
+# longer than SQLITE_MAX_LENGTH, 10**9 bytes by default; a character is at
+# most 4 bytes): a group commit of many large events takes a few statements.
+_INSERT_JSON_MAX_CHARS = 64 * 1024 * 1024
 # The highest seq ever handed out (events is AUTOINCREMENT: never reused).
 _LAST_SEQ_SQL = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 _STREAM_BY_NAME_SQL = str(_SELECT_STREAM.compile(dialect=sqlite.dialect()))
@@ -133,6 +133,13 @@ def _driver(conn: sa.Connection) -> Any:
     per statement (tens of microseconds each). Its errors reach the writer
     as the driver raises them (see writer._environmental)."""
     return conn.connection.driver_connection.cursor()
+
+
+def _json_array(values: Sequence[Any]) -> str:
+    """``values`` as one JSON array, the parameter ``json_each(?)`` reads: a
+    statement for a whole list on SQLite. As text: SQLite 3.45 and later
+    would read a BLOB as JSONB."""
+    return orjson.dumps(values).decode()
 
 
 def _pg(conn: sa.Connection) -> bool:
@@ -314,47 +321,41 @@ def _insert_events(
     :func:`_driver`): no RETURNING, no SQLAlchemy work per row.
     Other databases: the generic INSERT ... RETURNING, in parameter order.
     """
+    next_id = iter(ids).__next__
+    rows = [
+        (next_id(), stream.sid, now, body, key) for _, stream, now, bodies, key in accepted for body in bodies
+    ]
     if conn.dialect.name == "sqlite":
         cursor = _driver(conn)
         last = cursor.execute(_LAST_SEQ_SQL).fetchone()
         first = (last[0] if last else 0) + 1
-        next_id = iter(ids).__next__
-        rows = [
-            (next_id(), stream.sid, now, body, key)
-            for _, stream, now, bodies, key in accepted
-            for body in bodies
-        ]
         _insert_json_rows(cursor, first, rows)
         return range(first, first + len(rows))
-    params = []
-    ids_in_order = iter(ids)
-    for _, stream, now, bodies, key in accepted:
-        for body in bodies:
-            params.append(
-                {
-                    "id": next(ids_in_order),
-                    "stream_sid": stream.sid,
-                    "status": UNPROCESSED,
-                    "created_at": now,
-                    "body": body,
-                    "deliveries": 0,
-                    "idem_key": key,
-                }
-            )
+    params = [
+        {
+            "id": eid,
+            "stream_sid": sid,
+            "status": UNPROCESSED,
+            "created_at": now,
+            "body": body,
+            "deliveries": 0,
+            "idem_key": key,
+        }
+        for eid, sid, now, body, key in rows
+    ]
     return conn.execute(_INSERT_EVENTS, params).scalars().all()
 
 
 def _insert_json_rows(cursor: Any, first: int, rows: list[tuple]) -> None:
     """Insert ``rows`` from seq ``first`` on: in one statement, or halves of
-    them when their JSON is beyond ``_INSERT_JSON_MAX_BYTES``."""
-    text = orjson.dumps(rows)
-    if len(text) > _INSERT_JSON_MAX_BYTES and len(rows) > 1:
+    them when their JSON is beyond ``_INSERT_JSON_MAX_CHARS``."""
+    text = _json_array(rows)
+    if len(text) > _INSERT_JSON_MAX_CHARS and len(rows) > 1:
         half = len(rows) // 2
         _insert_json_rows(cursor, first, rows[:half])
         _insert_json_rows(cursor, first + half, rows[half:])
         return
-    # As text: a BLOB would be read as JSONB by SQLite 3.45 and later.
-    cursor.execute(_INSERT_JSON_ROWS_SQL, (first, text.decode()))
+    cursor.execute(_INSERT_JSON_ROWS_SQL, (first, text))
 
 
 def _live_keyed_event(conn: sa.Connection, stream: Stream, key: str, now: int) -> Event | None:
@@ -419,16 +420,10 @@ def stats_txn(conn: sa.Connection, name: str, now: int) -> tuple[Stream, Stats]:
 # -- leasing and marking -----------------------------------------------------
 
 
-class _LeaseRow(NamedTuple):
-    seq: int
-    id: str
-    status: int
-    created_at: int
-    body: str
-    deliveries: int
-    lease_id: str | None
-    lease_expires: int | None
-    stream_sid: int
+# What a lease reads of each candidate; _LeaseRow names the driver's plain
+# rows (SQLite) as SQLAlchemy names its own.
+_LEASE_COLS = (*_EVENT_COLS, events.c.stream_sid)
+_LeaseRow = namedtuple("_LeaseRow", [c.name for c in _LEASE_COLS])
 
 
 def _positional(statement: sa.Executable) -> tuple[str, tuple[str, ...], dict[str, Any]]:
@@ -439,7 +434,7 @@ def _positional(statement: sa.Executable) -> tuple[str, tuple[str, ...], dict[st
 
 
 def _lease_candidates(after: bool) -> sa.Select:
-    query = sa.select(*_EVENT_COLS, events.c.stream_sid).where(
+    query = sa.select(*_LEASE_COLS).where(
         events.c.stream_sid == sa.bindparam("sid"),
         events.c.status == sa.bindparam("status"),
         sa.or_(events.c.lease_expires.is_(None), events.c.lease_expires <= sa.bindparam("now")),
@@ -507,7 +502,7 @@ def lease_page_txn(
     if rows:
         seqs = [row.seq for row in rows]
         if conn.dialect.name == "sqlite":
-            _driver(conn).execute(_LEASE_SQLITE, (token, expires, json.dumps(seqs)))
+            _driver(conn).execute(_LEASE_SQLITE, (token, expires, _json_array(seqs)))
         else:
             conn.execute(_LEASE, {"seqs": seqs, "token": token, "expires": expires})
     stream_id = stream.id
@@ -596,7 +591,7 @@ def mark_events_txn(
     wanted = [i for i in ids if "\x00" not in i]
     on_sqlite = conn.dialect.name == "sqlite"
     if on_sqlite:
-        fetched = _driver(conn).execute(_MARK_ROWS_SQLITE, (json.dumps(wanted),)).fetchall()
+        fetched = _driver(conn).execute(_MARK_ROWS_SQLITE, (_json_array(wanted),)).fetchall()
         rows = [_new(_MarkRow, row) for row in fetched]
     else:
         # Another node may mark the same events now: lock them (in one
@@ -623,7 +618,7 @@ def mark_events_txn(
         chosen_ids = [r.id for r in chosen]
         if on_sqlite:
             sql = _MARK_REDRIVE_SQLITE if redrive else _MARK_SQLITE
-            _driver(conn).execute(sql, (status, json.dumps(chosen_ids)))
+            _driver(conn).execute(sql, (status, _json_array(chosen_ids)))
         else:
             conn.execute(_MARK_REDRIVE if redrive else _MARK, {"ids": chosen_ids, "new_status": status})
         _count(conn, _moves(chosen, status))
