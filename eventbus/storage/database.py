@@ -23,7 +23,7 @@ from eventbus import errors
 from eventbus.interfaces import IDatabase
 from eventbus.storage import migrate
 from eventbus.storage.engines import BUSY_TIMEOUT_MS, make_engine
-from eventbus.storage.writer import Committed, GroupCommitWriter, Reply
+from eventbus.storage.writer import Committed, GroupCommitWriter, Reply, deferred_reply
 
 
 @implementer(IDatabase)
@@ -75,12 +75,9 @@ class Database(Service):
         return d.addCallback(_close)
 
     def write(self, fn: Callable[..., Any], *args: Any, committed: Committed | None = None) -> Deferred:
-        if self.writer is None or not self.running:
-            return _refused()
-        try:
-            return self.writer.submit(fn, args, committed)
-        except errors.BusError as e:
-            return fail(e)
+        d: Deferred = Deferred()
+        self.write_then(fn, args, deferred_reply(d), committed)
+        return d
 
     def write_then(
         self, fn: Callable[..., Any], args: tuple, reply: Reply, committed: Committed | None = None

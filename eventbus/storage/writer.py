@@ -88,7 +88,7 @@ class GroupCommitWriter:
     def submit(self, fn: Callable[..., Any], args: tuple, committed: Committed | None = None) -> Deferred:
         """Queue ``fn(conn, *args)``; the Deferred fires after its commit."""
         d: Deferred = Deferred()
-        self.submit_then(fn, args, partial(_fire, d), committed)
+        self.submit_then(fn, args, deferred_reply(d), committed)
         return d
 
     def submit_then(
@@ -251,6 +251,12 @@ def _deliver(jobs: list[_Job], results: list[Any]) -> None:
         except Exception:
             # One reply's bug must not cost the rest of the batch theirs.
             GroupCommitWriter.log.failure("reply to a write failed")
+
+
+def deferred_reply(d: Deferred) -> Reply:
+    """A reply that fires ``d``: with the result, or failing with the
+    BusError or Failure."""
+    return partial(_fire, d)
 
 
 def _fire(d: Deferred, outcome: Any) -> None:
