@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -155,7 +156,7 @@ class Operation:
     #: write path: no Deferred per request).
     answers: bool = False
 
-    @property
+    @cached_property
     def required(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields if f.required)
 
@@ -483,7 +484,6 @@ class Dispatcher:
         self.reactor = reactor
         self.max_page = max_page
         self._unknown = errors.unknown_operation([op.name for op in OPERATIONS])
-        self._required = {op.name: op.required for op in OPERATIONS}
 
     def prepare(self, line: bytes) -> Request:
         try:
@@ -562,7 +562,7 @@ class Dispatcher:
             return {}
         if not isinstance(body, dict):
             raise errors.missing_fields(op.context())
-        for name in self._required[op.name]:
+        for name in op.required:
             if body.get(name) is None:
                 raise errors.missing_fields(op.context())
         args = {}
