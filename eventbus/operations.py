@@ -438,7 +438,8 @@ def _same(line: bytes) -> bytes:
     return line
 
 
-def _answered(operation: str, line: bytes, closes: bool = False, code: str | None = None) -> Request:
+def answered(operation: str, line: bytes, closes: bool = False, code: str | None = None) -> Request:
+    """A request answered already, with ``line``: refused, or failed before it could run."""
     return Request(operation, None, closes, _same, (line,), code)
 
 
@@ -497,16 +498,16 @@ class Dispatcher:
         ):
             request = None
         if not isinstance(request, dict):
-            return _answered("decode_request", error_line("decode_request", errors.invalid_json()))
+            return answered("decode_request", error_line("decode_request", errors.invalid_json()))
         op_name = request.get("operation")
         # Any JSON value may arrive here; only a string can name an operation.
         op = BY_NAME.get(op_name) if isinstance(op_name, str) else None
         if op is None:
-            return _answered("decode_request", error_line("decode_request", self._unknown))
+            return answered("decode_request", error_line("decode_request", self._unknown))
         try:
             client = self.authenticator.authenticate(request.get("auth")) if op.auth else None
         except BusError as e:
-            return _answered(op.name, error_line(op.name, e), code=e.code)
+            return answered(op.name, error_line(op.name, e), code=e.code)
         if isinstance(client, Deferred):
             return self._after_verification(op, request, client)
         return self._checked(op, request, client)
@@ -521,7 +522,7 @@ class Dispatcher:
             if client is not None and name is not None and not client.may_see(name):
                 raise errors.forbidden(op.name, name)
         except BusError as e:
-            return _answered(op.name, error_line(op.name, e), code=e.code)
+            return answered(op.name, error_line(op.name, e), code=e.code)
         # The time is read when the request runs, not when it arrived: it
         # may wait behind a long poll, and a lease must start when it is granted.
         return Request(

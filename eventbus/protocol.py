@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from eventbus import errors
 from eventbus.auth import FailureThrottle
-from eventbus.operations import Dispatcher, Request
+from eventbus.operations import Dispatcher, Request, answered
 from eventbus.responses import error_line
 
 # Pause reasons: a paused connection reads nothing until all are gone.
@@ -473,5 +473,4 @@ def _unavailable_line(operation: str) -> bytes:
 
 
 def _unavailable(operation: str) -> Request:
-    line = _unavailable_line(operation)
-    return Request(operation, None, False, lambda: line, code="unavailable")
+    return answered(operation, _unavailable_line(operation), code="unavailable")
