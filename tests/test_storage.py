@@ -100,6 +100,7 @@ def test_sqlite_settings_on_every_connection(url: str, engine: sa.Engine) -> Non
                 assert pragma("PRAGMA synchronous").scalar() == 2  # FULL
                 assert pragma("PRAGMA foreign_keys").scalar() == 1
                 assert pragma("PRAGMA busy_timeout").scalar() > 0
+                assert pragma("PRAGMA temp_store").scalar() == 2  # MEMORY: no temp files
     finally:
         reader.dispose()
 
@@ -344,7 +345,7 @@ AWKWARD_BODIES = [
     '{"quote":"\\"","backslash":"\\\\","nul":"\\u0000","newline":"\\n"}',
     "18446744073709551615",
     "-1.5e-300",
-    '[null,true,false,{},[]]',
+    "[null,true,false,{},[]]",
     '"\\ud83d\\ude00 \\u2028"',
 ]
 
