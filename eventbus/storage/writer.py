@@ -1,8 +1,10 @@
-"""Group commit: one thread runs every write, many jobs per transaction.
+"""Group commit: one writer runs every write, many jobs per transaction.
 
-The reactor thread submits jobs; the writer thread takes all that are
-pending, runs them in one transaction, commits, and only then hands all
-results back to the reactor in one hop. A job is ``fn(conn, *args)``. A job
+The reactor thread submits jobs; the writer takes all that are pending,
+runs them in one transaction (:func:`run_batch`), commits, and only then
+hands all results back to the reactor in one hop (:func:`deliver`). Here the
+writer is a thread (PostgreSQL's); SQLite's is a process that runs the same
+batches (``writer_process``). A job is ``fn(conn, *args)``. A job
 may raise :class:`BusError` only before it has changed anything, so one
 job's refusal never disturbs the others in its batch. Consecutive jobs of a
 function that has a ``batched`` attribute are run together through it (one
@@ -28,7 +30,7 @@ from twisted.python.failure import Failure
 from eventbus.errors import BusError
 
 
-class _Job:
+class Job:
     __slots__ = ("fn", "args", "reply", "committed")
 
     def __init__(
@@ -69,7 +71,7 @@ class GroupCommitWriter:
         self._engine = engine
         self._reactor = reactor
         self._max_batch = max_batch
-        self._queue: deque[_Job] = deque()
+        self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -96,7 +98,7 @@ class GroupCommitWriter:
     ) -> None:
         """Queue ``fn(conn, *args)``; ``reply`` gets its outcome after the
         commit: the write path's way, without a Deferred per request."""
-        job = _Job(fn, args, reply, committed)
+        job = Job(fn, args, reply, committed)
         with self._cond:
             if self._stopping:
                 raise BusError("unavailable", "the server is shutting down")
@@ -135,10 +137,10 @@ class GroupCommitWriter:
                 if conn is None:
                     conn = self._connect()
                 if conn is None:
-                    results: list[Any] = [_unavailable()] * len(jobs)
+                    results: list[Any] = [storage_unavailable()] * len(jobs)
                 else:
                     started = time.perf_counter()
-                    results = self._run_batch(conn, jobs)
+                    results = run_batch(conn, jobs)
                     if self.on_batch is not None:
                         self.on_batch(len(jobs), time.perf_counter() - started)
                     if conn.invalidated or conn.closed:
@@ -146,7 +148,7 @@ class GroupCommitWriter:
                 self.batches += 1
                 self.jobs += len(jobs)
                 last = len(jobs)
-                self._reactor.callFromThread(_deliver, jobs, results)
+                self._reactor.callFromThread(deliver, jobs, results)
         finally:
             if conn is not None:
                 conn.close()
@@ -159,37 +161,41 @@ class GroupCommitWriter:
             self.log.failure("writer cannot connect to the database")
             return None
 
-    def _run_batch(self, conn: sa.Connection, jobs: list[_Job]) -> list[Any]:
-        try:
-            txn = conn.begin()
-        except Exception:
-            # No transaction at all (the database is locked by another
-            # process past the busy timeout, or failing): nothing ran, and
-            # trying each job alone would only wait that long for each.
-            return [self._fault()] + [Failure(_unavailable()) for _ in jobs[1:]]
-        try:
-            with txn:
-                return _run_jobs(conn, jobs)
-        except Exception as e:
-            if len(jobs) == 1:
-                return [self._fault()]
-            if _environmental(e):
-                # The database itself is failing (full, I/O error, locked,
-                # gone): it would fail each job alone too, one traceback each.
-                return [self._fault()] + [Failure(_unavailable()) for _ in jobs[1:]]
-        # Something failed that no single job owned up to: run each alone.
-        results = []
-        for job in jobs:
-            try:
-                with conn.begin():
-                    results.extend(_run_jobs(conn, [job]))
-            except Exception:
-                results.append(self._fault())
-        return results
 
-    def _fault(self) -> Failure:
-        self.log.failure("write transaction failed")
-        return Failure(_unavailable())
+def run_batch(conn: sa.Connection, jobs: list[Job]) -> list[Any]:
+    """Run ``jobs`` in one transaction on ``conn`` and commit: their results
+    in order, a refusal or a failure each where one job caused it."""
+    try:
+        txn = conn.begin()
+    except Exception:
+        # No transaction at all (the database is locked by another
+        # process past the busy timeout, or failing): nothing ran, and
+        # trying each job alone would only wait that long for each.
+        return [_fault()] + [Failure(storage_unavailable()) for _ in jobs[1:]]
+    try:
+        with txn:
+            return _run_jobs(conn, jobs)
+    except Exception as e:
+        if len(jobs) == 1:
+            return [_fault()]
+        if _environmental(e):
+            # The database itself is failing (full, I/O error, locked,
+            # gone): it would fail each job alone too, one traceback each.
+            return [_fault()] + [Failure(storage_unavailable()) for _ in jobs[1:]]
+    # Something failed that no single job owned up to: run each alone.
+    results = []
+    for job in jobs:
+        try:
+            with conn.begin():
+                results.extend(_run_jobs(conn, [job]))
+        except Exception:
+            results.append(_fault())
+    return results
+
+
+def _fault() -> Failure:
+    GroupCommitWriter.log.failure("write transaction failed")
+    return Failure(storage_unavailable())
 
 
 #: SQLite primary result codes of a database that is failing as a whole:
@@ -213,11 +219,11 @@ def _environmental(error: BaseException) -> bool:
     return isinstance(state, str) and (state[:2] in _PG_ENVIRONMENT or state == "55P03")
 
 
-def _unavailable() -> BusError:
+def storage_unavailable() -> BusError:
     return BusError("unavailable", "storage is failing; nothing was changed, retry")
 
 
-def _run_jobs(conn: sa.Connection, jobs: list[_Job]) -> list[Any]:
+def _run_jobs(conn: sa.Connection, jobs: list[Job]) -> list[Any]:
     """Run jobs in order inside the caller's transaction; refusals are values."""
     results: list[Any] = []
     i = 0
@@ -239,7 +245,7 @@ def _run_jobs(conn: sa.Connection, jobs: list[_Job]) -> list[Any]:
     return results
 
 
-def _deliver(jobs: list[_Job], results: list[Any]) -> None:
+def deliver(jobs: list[Job], results: list[Any]) -> None:
     for job, result in zip(jobs, results):
         if job.committed is not None and not isinstance(result, (BusError, Failure)):
             try:
