@@ -22,6 +22,10 @@ class BusError(Exception):
     def __repr__(self) -> str:
         return f"BusError({self.code!r}, {self.reason!r})"
 
+    def __reduce__(self) -> tuple:
+        # Pickled whole: the writer process sends refusals back to the server.
+        return (BusError, (self.code, self.reason, self.context))
+
 
 def invalid_json() -> BusError:
     return BusError("invalid_json", "invalid json provided")
