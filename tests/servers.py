@@ -98,6 +98,21 @@ class ServerProcess:
         self.kill()
         raise RuntimeError(f"server did not start in {timeout}s:\n{self.log_text()}")
 
+    def writer_pid(self, timeout: float = 10.0) -> int:
+        """The SQLite writer process (the server's one child): the process
+        that writes the database file."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            kids = children(self.proc.pid)
+            if len(kids) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(kids) == 1, f"expected one writer process, found {kids}"
+        with open(f"/proc/{kids[0]}/cmdline", "rb") as f:
+            assert b"eventbus.storage.writer_process" in f.read()
+        return kids[0]
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -119,3 +134,24 @@ class ServerProcess:
                 self.terminate()
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def alive(pid: int) -> bool:
+    """Is ``pid`` a live process (not gone, not a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
+    return [c for c in out if alive(c)]

@@ -144,11 +144,11 @@ def test_disk_full_answers_unavailable_and_recovers(tmp_path: Path, small_fs: Pa
 
 
 def test_io_error_answers_unavailable_and_recovers(tmp_path: Path) -> None:
-    """A real write error: the server may not grow files past a size limit
-    (RLIMIT_FSIZE, set from outside), so SQLite's writes fail with EFBIG,
-    which it reports as a disk I/O error."""
+    """A real write error: the writer process may not grow files past a size
+    limit (RLIMIT_FSIZE, set from outside), so SQLite's writes fail with
+    EFBIG, which it reports as a disk I/O error."""
     server = ServerProcess(tmp_path / "srv").start()
-    pid = server.proc.pid
+    pid = server.writer_pid()
     try:
         with LineClient(server.port, timeout=30) as c:
             c.call("create_stream", {"stream_name": "io"})
@@ -181,7 +181,7 @@ def test_a_failing_database_fails_a_whole_batch_at_once(tmp_path: Path) -> None:
     commit (the file size limit): all answered unavailable, and the failure
     logged once for the batch, not retried and logged once per write."""
     server = ServerProcess(tmp_path / "srv", server={"busy_timeout_seconds": 20}).start()
-    pid = server.proc.pid
+    pid = server.writer_pid()
     count = 60
     try:
         with LineClient(server.port, timeout=30) as c:

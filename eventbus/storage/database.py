@@ -1,8 +1,9 @@
 """The database service: migrations at start, one writer, a pool of readers.
 
 Nothing here runs on the reactor thread except queueing: writes go to the
-group-commit writer thread, reads to a thread pool whose threads each use
-their own connection. Both return Deferreds that fire on the reactor thread.
+group-commit writer (on SQLite a process of its own, see writer_process; on
+PostgreSQL a thread), reads to a thread pool whose threads each use their
+own connection. Both return Deferreds that fire on the reactor thread.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from eventbus.interfaces import IDatabase
 from eventbus.storage import migrate
 from eventbus.storage.engines import BUSY_TIMEOUT_MS, make_engine
 from eventbus.storage.writer import Committed, GroupCommitWriter, Reply, deferred_reply
+from eventbus.storage.writer_process import ProcessWriter
 
 
 @implementer(IDatabase)
@@ -38,7 +40,7 @@ class Database(Service):
         self.readers = readers
         #: How long a transaction waits for a lock another process holds.
         self.busy_timeout_ms = busy_timeout_ms
-        self.writer: GroupCommitWriter | None = None
+        self.writer: GroupCommitWriter | ProcessWriter | None = None
         self._pool: ThreadPool | None = None
         self._engines: list[sa.Engine] = []
 
@@ -51,11 +53,16 @@ class Database(Service):
         # what makes the server refuse to start on a schema it cannot use.
         migrate.upgrade(self.url)
         busy = self.busy_timeout_ms
-        writer_engine = make_engine(self.url, role="writer", pool_size=1, busy_timeout_ms=busy)
         reader_engine = make_engine(self.url, role="reader", pool_size=self.readers, busy_timeout_ms=busy)
-        self._engines = [writer_engine, reader_engine]
+        self._engines = [reader_engine]
         self._reader_engine = reader_engine
-        self.writer = GroupCommitWriter(writer_engine, self.reactor)
+        if self.dialect == "sqlite":
+            # Its own process, its own GIL: see writer_process.
+            self.writer = ProcessWriter(self.url, self.reactor, busy)
+        else:
+            writer_engine = make_engine(self.url, role="writer", pool_size=1, busy_timeout_ms=busy)
+            self._engines.append(writer_engine)
+            self.writer = GroupCommitWriter(writer_engine, self.reactor)
         self.writer.start()
         self._pool = ThreadPool(minthreads=1, maxthreads=self.readers, name="eventbus-readers")
         self._pool.start()

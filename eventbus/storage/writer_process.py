@@ -1,0 +1,409 @@
+"""The SQLite writer in a process of its own.
+
+A writer *thread* shares the GIL with the reactor thread, and the two hand
+it over around every SQLite call and every socket call: that cost the
+reactor 15 to 20 us of CPU per request at 64 connections (measured in
+docs/benchmarks.rst), more than the writer's own work. A process has a GIL
+of its own. The server sends each group commit's jobs to it over a socket
+pair and reads the results back when the socket is readable, like any other.
+
+Both ends are here. The server's end, :class:`ProcessWriter`, stands in for
+:class:`~eventbus.storage.writer.GroupCommitWriter`. The child
+(``python -m eventbus.storage.writer_process URL BUSY_TIMEOUT_MS``, its end
+of the pair as fd 3) reads a frame of jobs, runs it as one transaction with
+:func:`~eventbus.storage.writer.run_batch`, and writes a frame of results. A
+frame is a 4-byte big-endian length and a pickle; a job is its function (by
+name: every write function is module-level) and its arguments. Failures are
+logged by the child, whose log the server relays, and come back as
+``unavailable``.
+
+The child ends when the server closes its end: when the server stops it, and
+when the server dies, once the batch in hand is done. If the child dies
+first, the batch it held and the jobs queued behind it are answered
+``unavailable`` (the batch may have been committed: a crash, and as after
+any crash, nothing unacknowledged is promised), so are writes until a new
+child has been started, a moment later.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.python.failure import Failure
+
+from eventbus.errors import BusError
+from eventbus.storage.writer import (
+    Committed,
+    Job,
+    Reply,
+    deferred_reply,
+    deliver,
+    run_batch,
+    storage_unavailable,
+)
+
+_LENGTH = struct.Struct(">I")
+#: The child's end of the socket pair.
+CHILD_FD = 3
+#: Bytes read from the socket at a time: a group commit's results in one go.
+READ_SIZE = 1 << 20
+#: Seconds before a child that died is replaced (doubling, up to the cap),
+#: so a child that cannot start does not spin.
+RESTART_SECONDS = 0.1
+RESTART_MAX_SECONDS = 5.0
+#: The answer to the writes a child held when it died: it may have committed them.
+_ENDED = BusError("unavailable", "the writer stopped during this write; it may have been stored, retry")
+
+
+def _frame(message: Any) -> bytes:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(payload)) + payload
+
+
+class ProcessWriter:
+    """The server's end: a queue of jobs and the child that runs them, one
+    batch at a time. Everything here runs on the reactor thread."""
+
+    log = Logger()
+
+    def __init__(self, url: str, reactor: Any, busy_timeout_ms: int, max_batch: int = 2000) -> None:
+        self._argv = [sys.executable, "-m", __name__, url, str(int(busy_timeout_ms))]
+        self._reactor = reactor
+        self._max_batch = max_batch
+        self._queue: deque[Job] = deque()
+        #: The batch the child is running, or None when it is idle.
+        self._in_hand: list[Job] | None = None
+        self._child: _Child | None = None
+        self._send_call: Any = None
+        self._restart_call: Any = None
+        self._restart_delay = RESTART_SECONDS
+        self._stopping = False
+        self._stopped: Deferred = Deferred()
+        #: Batches and jobs run so far, for benchmarks and metrics.
+        self.batches = 0
+        self.jobs = 0
+        #: Metrics hook, called on the reactor thread after each batch with
+        #: (jobs in it, seconds its transaction took in the child).
+        self.on_batch: Any = None
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            child = _Child(self, _Channel(ours, self._reactor, self._results))
+            self._reactor.spawnProcess(
+                child,
+                self._argv[0],
+                self._argv,
+                env=dict(os.environ),
+                childFDs={0: "w", 1: "r", 2: "r", CHILD_FD: theirs.fileno()},
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the child has its copy
+        self._child = child
+
+    def submit(self, fn: Any, args: tuple, committed: Committed | None = None) -> Deferred:
+        """Queue ``fn(conn, *args)``; the Deferred fires after its commit."""
+        d: Deferred = Deferred()
+        self.submit_then(fn, args, deferred_reply(d), committed)
+        return d
+
+    def submit_then(self, fn: Any, args: tuple, reply: Reply, committed: Committed | None = None) -> None:
+        """Queue ``fn(conn, *args)``; ``reply`` gets its outcome after the commit."""
+        if self._stopping:
+            raise BusError("unavailable", "the server is shutting down")
+        if self._child is None:
+            raise BusError("unavailable", "the writer is restarting; nothing was changed, retry")
+        self._queue.append(Job(fn, args, reply, committed))
+        if self._in_hand is None and self._send_call is None:
+            # At the end of this turn of the reactor: every request read in
+            # it goes into the same batch.
+            self._send_call = self._reactor.callLater(0, self._send)
+
+    def stop(self) -> Deferred:
+        """Run what is queued, then end the child; fires when it has ended."""
+        self._stopping = True
+        if self._restart_call is not None and self._restart_call.active():
+            self._restart_call.cancel()
+            self._restart_call = None
+        if self._child is None:
+            self._refuse_queued()
+            if not self._stopped.called:
+                self._stopped.callback(None)
+        elif self._in_hand is None and not self._queue:
+            self._child.channel.close()
+        return self._stopped
+
+    # -- batches out and results in ------------------------------------------
+
+    def _send(self) -> None:
+        self._send_call = None
+        if self._in_hand is not None or not self._queue or self._child is None:
+            return
+        n = min(len(self._queue), self._max_batch)
+        jobs = [self._queue.popleft() for _ in range(n)]
+        try:
+            frame = _frame([(job.fn, job.args) for job in jobs])
+        except Exception:
+            # A job that cannot cross to the child is a bug in its caller.
+            self.log.failure("a write could not be sent to the writer process")
+            deliver(jobs, [Failure(storage_unavailable())] * len(jobs))
+            self._send()
+            return
+        self._in_hand = jobs
+        self._child.channel.send(frame)
+
+    def _results(self, message: tuple[list[Any], float]) -> None:
+        results, seconds = message
+        jobs, self._in_hand = self._in_hand, None
+        if jobs is None:
+            return
+        self._restart_delay = RESTART_SECONDS
+        self.batches += 1
+        self.jobs += len(jobs)
+        # The child is idle: what queued meanwhile goes first, so it commits
+        # while these answers are written.
+        if self._queue:
+            self._send()
+        elif self._stopping and self._child is not None:
+            self._child.channel.close()
+        if self.on_batch is not None:
+            self.on_batch(len(jobs), seconds)
+        deliver(jobs, results)
+
+    # -- the child's life ----------------------------------------------------------
+
+    def _ended(self, child: _Child, reason: Failure) -> None:
+        if child is not self._child:
+            return
+        self._child = None
+        child.channel.close(now=True)
+        lost, self._in_hand = self._in_hand or [], None
+        if lost:
+            deliver(lost, [Failure(_ENDED)] * len(lost))
+        self._refuse_queued()
+        if self._stopping:
+            if not self._stopped.called:
+                self._stopped.callback(None)
+            return
+        self.log.error("the writer process ended ({why}); starting another", why=reason.value)
+        self._restart_later()
+
+    def _restart_later(self) -> None:
+        delay, self._restart_delay = self._restart_delay, min(self._restart_delay * 2, RESTART_MAX_SECONDS)
+        self._restart_call = self._reactor.callLater(delay, self._restart)
+
+    def _restart(self) -> None:
+        self._restart_call = None
+        if self._stopping:
+            return
+        try:
+            self.start()
+        except Exception:
+            self.log.failure("the writer process could not be started; trying again")
+            self._restart_later()
+
+    def _refuse_queued(self) -> None:
+        """Answer ``unavailable`` the jobs no child will run (until a new
+        child starts, new writes are refused at once)."""
+        queued = list(self._queue)
+        self._queue.clear()
+        if queued:
+            deliver(queued, [Failure(storage_unavailable())] * len(queued))
+
+
+class _Channel:
+    """The server's end of the socket pair, polled by the reactor: a frame
+    is sent at once (not on the reactor's next turn), results are read a
+    megabyte at a time (a group commit's results in one read)."""
+
+    def __init__(self, sock: socket.socket, reactor: Any, on_message: Any) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._reactor = reactor
+        self._on_message = on_message
+        self._chunk = memoryview(bytearray(READ_SIZE))  # read into, never allocated again
+        self._inbox = bytearray()
+        self._outbox = bytearray()
+        self._closing = False
+        self._closed = False
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return -1 if self._closed else self._sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "writer-process"
+
+    def send(self, frame: bytes) -> None:
+        if self._closed:
+            return
+        if self._outbox:
+            self._outbox += frame
+            return
+        try:
+            sent = self._sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the child is gone: its end (processEnded) answers the batch
+        if sent < len(frame):
+            self._outbox += memoryview(frame)[sent:]
+            self._reactor.addWriter(self)
+
+    def doWrite(self) -> Any:
+        try:
+            sent = self._sock.send(self._outbox)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return CONNECTION_LOST
+        del self._outbox[:sent]
+        if not self._outbox:
+            self._reactor.removeWriter(self)
+            if self._closing:
+                self._shutdown()
+        return None
+
+    def doRead(self) -> Any:
+        try:
+            got = self._sock.recv_into(self._chunk)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return CONNECTION_LOST
+        if not got:
+            return CONNECTION_DONE
+        inbox = self._inbox
+        inbox += self._chunk[:got]
+        start = 0
+        while len(inbox) - start >= _LENGTH.size:
+            (n,) = _LENGTH.unpack_from(inbox, start)
+            end = start + _LENGTH.size + n
+            if len(inbox) < end:
+                break
+            message = pickle.loads(memoryview(inbox)[start + _LENGTH.size : end])
+            start = end
+            self._on_message(message)
+        del inbox[:start]
+        return None
+
+    def close(self, now: bool = False) -> None:
+        """End our side: the child reads the end of its input and exits
+        (once what is being sent has gone, unless ``now``)."""
+        self._closing = True
+        if now or not self._outbox:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._reactor.removeReader(self)
+        self._reactor.removeWriter(self)
+        self._sock.close()
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The child closed its end (it is ending; processEnded follows).
+        self._shutdown()
+
+
+class _Child(ProcessProtocol):
+    """The child process as the reactor sees it: its channel, its log."""
+
+    log = Logger(namespace="eventbus.storage.writer_process.child")
+
+    def __init__(self, writer: ProcessWriter, channel: _Channel) -> None:
+        self.writer = writer
+        self.channel = channel
+        self._log_tail: dict[int, bytes] = {}
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        """The child's log lines (stdout or stderr), into the server's log."""
+        *lines, self._log_tail[fd] = (self._log_tail.get(fd, b"") + data).split(b"\n")
+        for line in lines:
+            if line.strip():
+                self.log.error("{line}", line=line.decode("utf-8", "replace"))
+
+    def processEnded(self, reason: Failure) -> None:
+        self.writer._ended(self, reason)
+
+
+# -- the child ------------------------------------------------------------------
+
+
+def _answer(results: list[Any], seconds: float) -> bytes:
+    # A Failure (already logged here) does not cross: its refusal does.
+    sendable = [storage_unavailable() if isinstance(r, Failure) else r for r in results]
+    try:
+        return _frame((sendable, seconds))
+    except Exception:
+        Logger().failure("a write's result could not be sent back")
+        return _frame(([storage_unavailable()] * len(results), seconds))
+
+
+def _read_frame(source: Any) -> Any:
+    """The next message, or None at the end of input."""
+    head = source.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (n,) = _LENGTH.unpack(head)
+    payload = source.read(n)
+    if len(payload) < n:
+        return None
+    return pickle.loads(payload)
+
+
+def main() -> None:
+    """The child: run batches until the server closes its end."""
+    from eventbus.storage.engines import make_engine
+
+    # The server ends us (by closing its end) once its writes are done; a
+    # signal to the whole process group (Ctrl-C, a service manager) must not
+    # end us first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    url, busy_timeout_ms = sys.argv[1], int(sys.argv[2])
+    engine = make_engine(url, role="writer", pool_size=1, busy_timeout_ms=busy_timeout_ms)
+    log = Logger(namespace="eventbus.storage.writer")
+    sock = socket.socket(fileno=CHILD_FD)
+    source = sock.makefile("rb")
+    conn = None
+    try:
+        while (jobs := _read_frame(source)) is not None:
+            started = time.perf_counter()
+            if conn is None:
+                try:
+                    conn = engine.connect()
+                except Exception:
+                    log.failure("writer cannot connect to the database")
+            batch = [Job(fn, args, None, None) for fn, args in jobs]
+            results = run_batch(conn, batch) if conn is not None else [storage_unavailable()] * len(batch)
+            if conn is not None and (conn.invalidated or conn.closed):
+                conn = None
+            sock.sendall(_answer(results, time.perf_counter() - started))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server is gone
+    finally:
+        if conn is not None:
+            conn.close()
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

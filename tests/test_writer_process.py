@@ -1,0 +1,158 @@
+"""The SQLite writer process of a real server: it runs every write, big
+frames cross whole, it is replaced when it dies, and it never outlives the
+server (a graceful stop or kill -9).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventbus import errors
+from tests.busclient import DEFAULT_AUTH, LineClient
+from tests.hardening_support import wait_for
+from tests.servers import ServerProcess, alive, children
+from tests.test_hardening_faults import all_events
+
+
+def test_a_refusal_crosses_a_pickle_whole() -> None:
+    """Refusals come back from the writer process pickled: code, reason and
+    context intact."""
+    error = errors.missing_fields([{"name": "stream_name"}])
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.code, again.reason, again.context) == (error.code, error.reason, error.context)
+
+
+def writer_pid(server: ServerProcess) -> int:
+    return server.writer_pid()
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Any:
+    server = ServerProcess(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_writes_run_in_the_writer_process(sqlite_server: ServerProcess) -> None:
+    """The child holds the database's writer connection: while it is
+    stopped (SIGSTOP), a write waits; once it runs again, the write is done."""
+    child = writer_pid(sqlite_server)
+    with LineClient(sqlite_server.port) as c:
+        c.call("create_stream", {"stream_name": "w"})
+        os.kill(child, signal.SIGSTOP)
+        try:
+            body = {"stream_name": "w", "event": {"n": 1}}
+            c.send({"operation": "write_event", "auth": DEFAULT_AUTH, "body": body})
+            c.sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                c.read_line()
+        finally:
+            os.kill(child, signal.SIGCONT)
+        c.sock.settimeout(30)
+        assert c.read()["status"] is True
+        assert c.call("get_stream_info", {"stream_name": "w"})["stats"]["unprocessed"] == 1
+
+
+def test_a_batch_bigger_than_one_read_crosses_whole(tmp_path: Path) -> None:
+    """Jobs and results of several megabytes go out and come back in many
+    sends and reads and are reassembled: every event, in order, intact."""
+    bodies = [{"n": i, "pad": "x" * 4000} for i in range(1000)]
+    server = ServerProcess(tmp_path, server={"max_line_bytes": 8 * 1024 * 1024}).start()
+    try:
+        _write_and_read_back(server, bodies)
+    finally:
+        server.stop()
+
+
+def _write_and_read_back(server: ServerProcess, bodies: list[dict[str, Any]]) -> None:
+    with LineClient(server.port, timeout=60) as c:
+        c.call("create_stream", {"stream_name": "big"})
+        written = c.call("write_events", {"stream_name": "big", "events": bodies})["events"]
+        assert [e["body"] for e in written] == bodies
+        seqs = [e["seq"] for e in written]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(bodies)
+    assert [e["body"] for e in all_events(server.port, "big")] == bodies
+
+
+def test_a_writer_process_that_dies_is_replaced(sqlite_server: ServerProcess) -> None:
+    """kill -9 of the child under concurrent writes: every write is
+    answered (ok, or unavailable while no child runs), every acknowledged
+    one is stored, the server stays up and a new child takes over."""
+    server = sqlite_server
+    first = writer_pid(server)
+    with LineClient(server.port) as c:
+        c.call("create_stream", {"stream_name": "k"})
+    acknowledged: list[int] = []
+    refused = 0
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def write(worker: int) -> None:
+        nonlocal refused
+        with LineClient(server.port, timeout=30) as c:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                tag = worker * 1_000_000 + n
+                answer = c.request("write_event", {"stream_name": "k", "event": {"tag": tag}})
+                with lock:
+                    if answer["status"]:
+                        acknowledged.append(tag)
+                    else:
+                        assert answer["code"] == "unavailable", answer
+                        refused += 1
+
+    workers = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in workers:
+        t.start()
+    try:
+        assert wait_for(lambda: len(acknowledged) > 200, 30)
+        os.kill(first, signal.SIGKILL)
+        pid = server.proc.pid if server.proc else 0
+        assert wait_for(lambda: children(pid) not in ([], [first]), 30)
+        count = len(acknowledged)
+        assert wait_for(lambda: len(acknowledged) > count + 200, 30)  # the new child writes
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(60)
+    assert all(not t.is_alive() for t in workers)
+    assert server.proc is not None and server.proc.poll() is None
+    assert "the writer process ended" in server.log_text()
+    stored = [e["body"]["tag"] for e in all_events(server.port, "k")]
+    assert len(stored) == len(set(stored))  # none twice
+    assert set(acknowledged) <= set(stored)  # none acknowledged lost
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_the_writer_process_ends_with_the_server(tmp_path: Path, how: str) -> None:
+    """A graceful stop ends the child after its last write; kill -9 of the
+    server ends it too (it reads the end of its socket): no orphan holding
+    the database."""
+    server = ServerProcess(tmp_path).start()
+    try:
+        child = writer_pid(server)
+        with LineClient(server.port) as c:
+            c.call("create_stream", {"stream_name": "e"})
+            c.call("write_event", {"stream_name": "e", "event": {"n": 1}})
+        if how == "SIGTERM":
+            assert server.terminate() in (0, -15)
+        else:
+            server.kill()
+        assert wait_for(lambda: not alive(child), 15)
+    finally:
+        server.stop()
+    again = ServerProcess(tmp_path).start()  # the same database, free again
+    try:
+        with LineClient(again.port) as c:
+            c.call("write_event", {"stream_name": "e", "event": {"n": 2}})
+            assert c.call("get_stream_info", {"stream_name": "e"})["stats"]["unprocessed"] == 2
+    finally:
+        again.stop()
