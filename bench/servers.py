@@ -34,26 +34,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process, in MB (0 when it is gone)."""
+def family(pid: int) -> list[int]:
+    """A process and its children: a server is all of them (Event Bus's
+    SQLite writer is a child process)."""
+    pids = [pid]
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(c) for c in f.read().split()]
     except OSError:
         pass
-    return 0.0
+    return pids
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process and its children, in MB (0 when gone)."""
+    total = 0.0
+    for member in family(pid):
+        try:
+            with open(f"/proc/{member}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far, in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    """CPU time (user + system) a process and its children have used so
+    far, in seconds."""
+    ticks = 0
+    for member in family(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
