@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 UNPROCESSED, PROCESSED, RETRY, DEAD = 0, 1, 2, 3
 STATUS_NAMES = {UNPROCESSED: "unprocessed", PROCESSED: "processed", RETRY: "retry", DEAD: "dead"}
@@ -28,6 +28,11 @@ class Event(NamedTuple):
     lease_id: str | None
     lease_expires: int | None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickled by tuple.__new__ (C), not NamedTuple's __new__ (Python):
+        # the SQLite writer process sends thousands per second.
+        return (tuple.__new__, (Event, tuple(self)))
+
 
 class Page(NamedTuple):
     """A stream's events, and where the next page starts (None at the end)."""
@@ -42,6 +47,9 @@ class Written(NamedTuple):
 
     events: list[Event]
     duplicate: bool
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (tuple.__new__, (Written, tuple(self)))
 
 
 class Marked(NamedTuple):

@@ -15,18 +15,24 @@ from typing import Any
 import pytest
 
 from eventbus import errors
+from eventbus.records import Event, Written
 from tests.busclient import DEFAULT_AUTH, LineClient
 from tests.hardening_support import wait_for
 from tests.servers import ServerProcess, alive, children
 from tests.test_hardening_faults import all_events
 
 
-def test_a_refusal_crosses_a_pickle_whole() -> None:
-    """Refusals come back from the writer process pickled: code, reason and
-    context intact."""
+def test_results_and_refusals_cross_a_pickle_whole() -> None:
+    """What the writer process sends back: records keep their type and
+    fields, refusals their code, reason and context."""
+    event = Event(7, "0190b1a2-0000-7000-8000-000000000007", "sid", 0, 123, '{"a":1}', 2, "lease", 456)
+    written = Written([event], True)
+    again = pickle.loads(pickle.dumps(written, protocol=pickle.HIGHEST_PROTOCOL))
+    assert again == written and type(again) is Written and type(again.events[0]) is Event
+    assert again.events[0].lease_expires == 456 and again.duplicate is True
     error = errors.missing_fields([{"name": "stream_name"}])
-    again = pickle.loads(pickle.dumps(error))
-    assert (again.code, again.reason, again.context) == (error.code, error.reason, error.context)
+    back = pickle.loads(pickle.dumps(error))
+    assert (back.code, back.reason, back.context) == (error.code, error.reason, error.context)
 
 
 def writer_pid(server: ServerProcess) -> int:
