@@ -121,8 +121,9 @@ EXPLAIN = (
     "Medians over the interleaved rounds; 'vs echo' and 'vs Redis' are medians of per-round ratios "
     "(each pair measured back to back). Rates are requests (round trips) per second and events per "
     "second; write_events carries 100 events per request, consume counts events leased and marked. "
-    "Latencies are per request, measured by the load generator. CPU us/req is the server process's "
-    "CPU time (user + system, all threads) per request: far less disturbed by a busy machine than rates."
+    "Latencies are per request, measured by the load generator. CPU us/req and RSS are the server's, "
+    "its child processes included (Event Bus's SQLite writer): CPU time (user + system, all threads) per "
+    "request, far less disturbed by a busy machine than rates."
 )
 
 
