@@ -35,10 +35,6 @@ def test_results_and_refusals_cross_a_pickle_whole() -> None:
     assert (back.code, back.reason, back.context) == (error.code, error.reason, error.context)
 
 
-def writer_pid(server: ServerProcess) -> int:
-    return server.writer_pid()
-
-
 @pytest.fixture
 def sqlite_server(tmp_path: Path) -> Any:
     server = ServerProcess(tmp_path).start()
@@ -49,7 +45,7 @@ def sqlite_server(tmp_path: Path) -> Any:
 def test_writes_run_in_the_writer_process(sqlite_server: ServerProcess) -> None:
     """The child holds the database's writer connection: while it is
     stopped (SIGSTOP), a write waits; once it runs again, the write is done."""
-    child = writer_pid(sqlite_server)
+    child = sqlite_server.writer_pid()
     with LineClient(sqlite_server.port) as c:
         c.call("create_stream", {"stream_name": "w"})
         os.kill(child, signal.SIGSTOP)
@@ -92,7 +88,7 @@ def test_a_writer_process_that_dies_is_replaced(sqlite_server: ServerProcess) ->
     answered (ok, or unavailable while no child runs), every acknowledged
     one is stored, the server stays up and a new child takes over."""
     server = sqlite_server
-    first = writer_pid(server)
+    first = server.writer_pid()
     with LineClient(server.port) as c:
         c.call("create_stream", {"stream_name": "k"})
     acknowledged: list[int] = []
@@ -144,7 +140,7 @@ def test_the_writer_process_ends_with_the_server(tmp_path: Path, how: str) -> No
     the database."""
     server = ServerProcess(tmp_path).start()
     try:
-        child = writer_pid(server)
+        child = server.writer_pid()
         with LineClient(server.port) as c:
             c.call("create_stream", {"stream_name": "e"})
             c.call("write_event", {"stream_name": "e", "event": {"n": 1}})
