@@ -149,8 +149,9 @@ class Metrics:
                 self.totals["retried"] += count
 
     def observe_batch(self, jobs: int, seconds: float) -> None:
-        """The writer's ``on_batch`` hook (called on the writer thread, which
-        must never die of a metric: nothing escapes)."""
+        """The writer's ``on_batch`` hook (called on PostgreSQL's writer
+        thread, which must never die of a metric: nothing escapes; for
+        SQLite's writer process, on the reactor thread)."""
         try:
             self.batch_jobs.observe(jobs)
             self.txn_seconds.labels("write_batch").observe(seconds)
