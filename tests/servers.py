@@ -100,18 +100,17 @@ class ServerProcess:
 
     def writer_pid(self, timeout: float = 10.0) -> int:
         """The SQLite writer process (the server's one child): the process
-        that writes the database file."""
+        that writes the database file. Waited for: just after it is forked
+        it is not yet the writer program."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while True:
-            kids = children(self.proc.pid)
-            if len(kids) == 1 or time.monotonic() > deadline:
+            writers = [pid for pid in children(self.proc.pid) if _runs_writer(pid)]
+            if len(writers) == 1 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        assert len(kids) == 1, f"expected one writer process, found {kids}"
-        with open(f"/proc/{kids[0]}/cmdline", "rb") as f:
-            assert b"eventbus.storage.writer_process" in f.read()
-        return kids[0]
+        assert len(writers) == 1, f"expected one writer process, found {writers}"
+        return writers[0]
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -155,3 +154,11 @@ def children(pid: int) -> list[int]:
     except FileNotFoundError:
         return []
     return [c for c in out if alive(c)]
+
+
+def _runs_writer(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"eventbus.storage.writer_process" in f.read()
+    except FileNotFoundError:
+        return False
