@@ -5,10 +5,12 @@ server (a graceful stop or kill -9).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 
 from eventbus import errors
 from eventbus.records import Event, Written
+from eventbus.storage.writer_process import MAX_BATCH
 from tests.busclient import DEFAULT_AUTH, LineClient
 from tests.hardening_support import wait_for
 from tests.servers import ServerProcess, alive, children
@@ -77,6 +80,49 @@ def test_a_batch_bigger_than_one_read_crosses_whole(tmp_path: Path) -> None:
         assert [e["body"] for e in all_events(server.port, "big")] == bodies
     finally:
         server.stop()
+
+
+def test_more_writes_than_one_batch_holds_are_all_answered_in_order(sqlite_server: ServerProcess) -> None:
+    """1,600 writes queued while the writer is stopped (SIGSTOP), from 4
+    connections, more than three batches' worth: once it runs again each
+    batch's results send the next, with no new request to set it off;
+    every write is answered, in order, and stored once."""
+    per_connection = 400
+    assert 4 * per_connection > 3 * MAX_BATCH
+    child = sqlite_server.writer_pid()
+    clients = [LineClient(sqlite_server.port, timeout=60) for _ in range(4)]
+    try:
+        clients[0].call("create_stream", {"stream_name": "many"})
+        os.kill(child, signal.SIGSTOP)
+        try:
+            for k, c in enumerate(clients):
+                c.send_raw(
+                    b"".join(
+                        json.dumps(
+                            {
+                                "operation": "write_event",
+                                "auth": DEFAULT_AUTH,
+                                "body": {"stream_name": "many", "event": {"k": k, "n": n}},
+                            }
+                        ).encode()
+                        + b"\n"
+                        for n in range(per_connection)
+                    )
+                )
+            time.sleep(1.0)  # all read and queued behind the stopped writer
+        finally:
+            os.kill(child, signal.SIGCONT)
+        for k, c in enumerate(clients):
+            answers = [c.read() for _ in range(per_connection)]
+            assert all(a["status"] for a in answers)
+            assert [a["body"]["event"]["body"] for a in answers] == [
+                {"k": k, "n": n} for n in range(per_connection)
+            ]
+    finally:
+        for c in clients:
+            c.close()
+    stored = [(e["body"]["k"], e["body"]["n"]) for e in all_events(sqlite_server.port, "many")]
+    assert sorted(stored) == [(k, n) for k in range(4) for n in range(per_connection)]
 
 
 def test_a_writer_process_that_dies_is_replaced(sqlite_server: ServerProcess) -> None:
