@@ -48,7 +48,6 @@ from eventbus.storage.writer import (
     Committed,
     Job,
     Reply,
-    deferred_reply,
     deliver,
     run_batch,
     storage_unavailable,
@@ -122,12 +121,6 @@ class ProcessWriter:
         finally:
             theirs.close()  # the child has its copy
         self._child = child
-
-    def submit(self, fn: Any, args: tuple, committed: Committed | None = None) -> Deferred:
-        """Queue ``fn(conn, *args)``; the Deferred fires after its commit."""
-        d: Deferred = Deferred()
-        self.submit_then(fn, args, deferred_reply(d), committed)
-        return d
 
     def submit_then(self, fn: Any, args: tuple, reply: Reply, committed: Committed | None = None) -> None:
         """Queue ``fn(conn, *args)``; ``reply`` gets its outcome after the commit."""
