@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from eventbus.interfaces import IDatabase, IEvents, IStreams
 from eventbus.notify import ChangeNotifier
-from eventbus.records import RETRY, UNPROCESSED, Marked, Written
+from eventbus.records import RETRY, UNPROCESSED, Marked, WriteAnswer, Written
 from eventbus.storage import queries as q
 
 #: Which streams' events a caller may touch (None: all of them).
@@ -57,12 +57,18 @@ class Events:
         return self.db.write(q.write_events_txn, stream_name, bodies, now, key, committed=self._written)
 
     def write_then(
-        self, stream_name: str, bodies: list[str], now: int, key: str | None, reply: Callable[[Any], None]
+        self,
+        stream_name: str,
+        bodies: list[str],
+        now: int,
+        key: str | None,
+        reply: Callable[[Any], None],
+        render: Callable[[Written], Any] | None = None,
     ) -> None:
         args = (stream_name, bodies, now, key)
-        self.db.write_then(q.write_events_txn, args, reply, self._written)
+        self.db.write_then(q.write_events_txn, args, reply, self._written, render)
 
-    def _written(self, args: tuple, written: Written) -> None:
+    def _written(self, args: tuple, written: Written | WriteAnswer) -> None:
         if not written.duplicate:
             self.notifier.changed(args[0])
 

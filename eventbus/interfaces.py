@@ -21,10 +21,12 @@ class IDatabase(Interface):
         does, ``committed(args, result)`` runs, even if the Deferred was
         cancelled meanwhile: for what must follow every durable change."""
 
-    def write_then(fn, args, reply, committed=None):
+    def write_then(fn, args, reply, committed=None, render=None):
         """As :meth:`write`, for the hot path: no Deferred; ``reply(outcome)``
         gets the result, or the BusError or Failure, on the reactor thread
-        (at once if the writer refuses the job)."""
+        (at once if the writer refuses the job). ``render(result)``, a
+        module-level function, runs in the writer after the commit, off the
+        reactor thread; its value is the outcome, and what ``committed`` gets."""
 
     def read(fn, *args):
         """Run ``fn(conn, *args)`` in a read transaction on a reader thread."""
@@ -53,9 +55,10 @@ class IEvents(Interface):
         """Deferred[Written]: ``bodies`` (compact JSON texts) appended in one
         commit, acknowledged only once durable."""
 
-    def write_then(stream_name, bodies, now, key, reply):
+    def write_then(stream_name, bodies, now, key, reply, render=None):
         """As :meth:`write`, with the outcome (a Written, or the BusError or
-        Failure) passed to ``reply`` instead of a Deferred."""
+        Failure) passed to ``reply`` instead of a Deferred; with ``render``,
+        ``render(written)`` instead of the Written (see IDatabase.write_then)."""
 
     def read(stream_name, status, after_seq, limit):
         """Deferred[Page]: events in write order, read-only."""

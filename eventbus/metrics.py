@@ -33,7 +33,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.defer import Deferred
 
-from eventbus.records import STATUS_NAMES, Written
+from eventbus.records import STATUS_NAMES, WriteAnswer, Written
 
 #: Request latencies: sub-millisecond reads up to 30 s long polls.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -263,18 +263,18 @@ class MeteredEvents:
         return self._inner.write(*args, **kwargs).addCallback(self._written)
 
     def _written(self, written: Any) -> Any:
-        self._metrics.events_written(len(written.events), bool(written.duplicate))
+        self._metrics.events_written(written.count, bool(written.duplicate))
         return written
 
-    def write_then(self, *args: Any) -> None:
-        *head, reply = args
-
+    def write_then(
+        self, stream_name: str, bodies: list[str], now: int, key: str | None, reply: Any, render: Any = None
+    ) -> None:
         def counted(outcome: Any) -> None:
-            if isinstance(outcome, Written):
+            if isinstance(outcome, (Written, WriteAnswer)):
                 self._written(outcome)
             reply(outcome)
 
-        self._inner.write_then(*head, counted)
+        self._inner.write_then(stream_name, bodies, now, key, counted, render)
 
     def lease(self, *args: Any, **kwargs: Any) -> Deferred:
         return self._inner.lease(*args, **kwargs).addCallback(self._leased)

@@ -28,15 +28,14 @@ from eventbus.auth import Client
 from eventbus.clock import now_us
 from eventbus.errors import BusError
 from eventbus.interfaces import IAuthenticator, IDispatcher, IEvents, IStreams
-from eventbus.records import DEAD, RETRY, UNPROCESSED, Written
+from eventbus.records import DEAD, RETRY, UNPROCESSED, WriteAnswer
 from eventbus.responses import (
     error_line,
-    event_json,
     ok_line,
     page_json,
     stream_json,
-    written_line,
-    written_one_line,
+    write_event_answer,
+    write_events_answer,
 )
 
 READ, WRITE = "read", "write"
@@ -227,37 +226,30 @@ def _get_stream_events(ctx: Context, args: dict[str, Any]) -> Deferred:
 
 
 def _write_event(ctx: Context, args: dict[str, Any]) -> None:
-    reply = _answer_written(ctx, "write_event", _written_one)
-    ctx.events.write_then(args["stream_name"], [args["event"]], ctx.now, args.get("key"), reply)
+    reply = _answer_written(ctx, "write_event")
+    name, key = args["stream_name"], args.get("key")
+    ctx.events.write_then(name, [args["event"]], ctx.now, key, reply, write_event_answer)
 
 
 def _write_events(ctx: Context, args: dict[str, Any]) -> None:
-    reply = _answer_written(ctx, "write_events", lambda written: written_line(written.events))
-    ctx.events.write_then(args["stream_name"], args["events"], ctx.now, None, reply)
+    reply = _answer_written(ctx, "write_events")
+    ctx.events.write_then(args["stream_name"], args["events"], ctx.now, None, reply, write_events_answer)
 
 
-def _answer_written(
-    ctx: Context, operation: str, encode: Callable[[Written], bytes]
-) -> Callable[[Any], None]:
-    """The writer's reply for a write: its answer line, encoded, or the error."""
+def _answer_written(ctx: Context, operation: str) -> Callable[[Any], None]:
+    """The writer's reply for a write: the answer line it made, or the error."""
     answer = ctx.answer
     assert answer is not None
 
     def reply(outcome: Any) -> None:
-        if isinstance(outcome, Written):
-            answer(encode(outcome))
+        if isinstance(outcome, WriteAnswer):
+            answer(outcome.line)
         elif isinstance(outcome, BusError):
             answer(error_line(operation, outcome))
         else:
             answer(_failed(outcome, operation))
 
     return reply
-
-
-def _written_one(written: Written) -> bytes:
-    if not written.duplicate:
-        return written_one_line(written.events[0])
-    return ok_line("write_event", {"event": event_json(written.events[0]), "duplicate": True})
 
 
 def _consume(status: int) -> Callable[[Context, dict[str, Any]], Deferred]:

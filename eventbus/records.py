@@ -48,8 +48,25 @@ class Written(NamedTuple):
     events: list[Event]
     duplicate: bool
 
+    @property
+    def count(self) -> int:
+        return len(self.events)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (tuple.__new__, (Written, tuple(self)))
+
+
+class WriteAnswer(NamedTuple):
+    """A committed write already turned into its answer line, by the writer
+    that committed it (off the reactor thread): what the server sends, and
+    what it counts."""
+
+    line: bytes
+    count: int
+    duplicate: bool
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (tuple.__new__, (WriteAnswer, tuple(self)))
 
 
 class Marked(NamedTuple):

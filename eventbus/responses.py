@@ -13,7 +13,7 @@ import orjson
 
 from eventbus.clock import rfc3339
 from eventbus.errors import BusError
-from eventbus.records import Event, Page, Stream
+from eventbus.records import Event, Page, Stream, WriteAnswer, Written
 
 
 def stream_json(stream: Stream) -> dict[str, Any]:
@@ -71,6 +71,21 @@ def written_line(events: list[Event]) -> bytes:
     """The write_events answer for newly written ``events``."""
     texts = ",".join(_event_texts(events))
     return f'{{"operation":"write_events","status":true,"body":{{"events":[{texts}]}}}}\n'.encode()
+
+
+def write_event_answer(written: Written) -> WriteAnswer:
+    """The write_event answer to ``written``. Made by the writer that
+    committed it, off the reactor thread (``render`` in storage.writer)."""
+    if written.duplicate:
+        line = ok_line("write_event", {"event": event_json(written.events[0]), "duplicate": True})
+    else:
+        line = written_one_line(written.events[0])
+    return WriteAnswer(line, written.count, written.duplicate)
+
+
+def write_events_answer(written: Written) -> WriteAnswer:
+    """The write_events answer to ``written``, as :func:`write_event_answer`."""
+    return WriteAnswer(written_line(written.events), written.count, written.duplicate)
 
 
 def page_json(page: Page, leased: bool = False) -> dict[str, Any]:

@@ -56,16 +56,18 @@ class SynchronousDatabase:
     def write(self, fn: Any, *args: Any, committed: Any = None) -> Deferred:
         return self._txn(fn, args, committed)
 
-    def write_then(self, fn: Any, args: tuple, reply: Any, committed: Any = None) -> None:
-        self._txn(fn, args, committed).addBoth(reply)
+    def write_then(self, fn: Any, args: tuple, reply: Any, committed: Any = None, render: Any = None) -> None:
+        self._txn(fn, args, committed, render).addBoth(reply)
 
     def read(self, fn: Any, *args: Any) -> Deferred:
         return self._txn(fn, args)
 
-    def _txn(self, fn: Any, args: tuple, committed: Any = None) -> Deferred:
+    def _txn(self, fn: Any, args: tuple, committed: Any = None, render: Any = None) -> Deferred:
         try:
             with self.conn.begin():
                 result = fn(self.conn, *args)
+            if render is not None:
+                result = render(result)
             if committed is not None:
                 committed(args, result)
             return succeed(result)

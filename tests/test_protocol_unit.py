@@ -150,8 +150,13 @@ class FakeEvents:
         self.written += bodies
         return succeed(Written([_event(start + i + 1, b) for i, b in enumerate(bodies)], False))
 
-    def write_then(self, stream_name: str, bodies: list[str], now: int, key: str | None, reply: Any) -> None:
-        self.write(stream_name, bodies, now, key).addErrback(lambda f: f.value).addCallback(reply)
+    def write_then(
+        self, stream_name: str, bodies: list[str], now: int, key: str | None, reply: Any, render: Any = None
+    ) -> None:
+        d = self.write(stream_name, bodies, now, key)
+        if render is not None:
+            d.addCallback(render)
+        d.addErrback(lambda f: f.value).addCallback(reply)
 
     def read(self, stream_name: str, status: int | None, after_seq: int | None, limit: int) -> Deferred:
         events = [_event(i + 1, b) for i, b in enumerate(self.written)]

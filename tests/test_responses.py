@@ -1,12 +1,19 @@
-"""The write_event answer, formatted directly, is the generic encoding byte for byte."""
+"""The write answers, formatted directly, are the generic encoding byte for byte."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from eventbus.records import Event
-from eventbus.responses import event_json, ok_line, written_line, written_one_line
+from eventbus.records import Event, WriteAnswer, Written
+from eventbus.responses import (
+    event_json,
+    ok_line,
+    write_event_answer,
+    write_events_answer,
+    written_line,
+    written_one_line,
+)
 
 T = 1_764_438_000_123_456
 
@@ -59,3 +66,29 @@ def test_written_line_is_the_generic_answer() -> None:
     direct = written_line(events)
     assert direct == ok_line("write_events", {"events": [event_json(e) for e in events]})
     assert [e["body"] for e in orjson.loads(direct)["body"]["events"]] == BODIES * 3
+
+
+def test_the_write_answers_carry_their_line_and_counts() -> None:
+    """What the writer renders: the answer line (a duplicate's says so) and
+    the counts the server keeps."""
+    events = [
+        Event(
+            n,
+            f"01a2289f-af40-7454-a111-{n:012x}",
+            "6ec3d84f-5023-4a16-a43f-3668abf2128c",
+            0,
+            T,
+            "[]",
+            0,
+            None,
+            None,
+        )
+        for n in (1, 2)
+    ]
+    first = write_event_answer(Written(events[:1], False))
+    assert first == WriteAnswer(written_one_line(events[0]), 1, False)
+    again = write_event_answer(Written(events[:1], True))
+    assert again == WriteAnswer(
+        ok_line("write_event", {"event": event_json(events[0]), "duplicate": True}), 1, True
+    )
+    assert write_events_answer(Written(events, False)) == WriteAnswer(written_line(events), 2, False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,43 @@ def test_a_reply_that_raises_costs_no_other_job_its_answer(engine: sa.Engine) ->
     assert isinstance(got[1], BusError) and got[1].code == "stream_not_found"
     assert bodies(engine, "r") == ['"1"', '"2"']  # committed, whatever its reply did
     assert ["injected: reply raised" in f["log_failure"].getTraceback() for f in failures] == [True]
+
+
+def test_the_writer_renders_each_committed_result(engine: sa.Engine) -> None:
+    """A job's ``render`` runs in the writer thread, after the commit, and
+    its value is what the reply and the commit hook get; refusals are not
+    rendered; a render that fails is answered ``unavailable`` as stored
+    (the write was committed), logged, and costs no other job its answer."""
+    hop = ThreadHop()
+    writer = GroupCommitWriter(engine, hop)
+    txn(engine, q.create_stream_txn, "w", T0, None, None)
+    threads: list[str] = []
+    hooked: list[Any] = []
+    got: list[Any] = []
+
+    def render(written: Any) -> tuple[str, int]:
+        threads.append(threading.current_thread().name)
+        return ("rendered", written.events[0].seq)
+
+    def broken(written: Any) -> Any:
+        raise RuntimeError("injected: render raised")
+
+    def hook(args: tuple, result: Any) -> None:
+        hooked.append(result)
+
+    with logged_failures() as failures:
+        writer.submit_then(q.write_events_txn, ("w", ['"1"'], T0), got.append, hook, render)
+        writer.submit_then(q.write_events_txn, ("w", ['"2"'], T0), got.append, hook, broken)
+        writer.submit_then(q.write_events_txn, ("missing", ['"3"'], T0), got.append, hook, render)
+        _run_queued(writer, hop, [got])
+        hop.run_until(lambda: len(got) == 3)
+    seq = got[0][1]
+    assert got[0] == ("rendered", seq) and hooked == [("rendered", seq)]
+    assert threads == ["eventbus-writer"]
+    assert isinstance(got[1], BusError) and got[1].code == "unavailable" and "stored" in got[1].reason
+    assert isinstance(got[2], BusError) and got[2].code == "stream_not_found"
+    assert bodies(engine, "w") == ['"1"', '"2"']
+    assert ["injected: render raised" in f["log_failure"].getTraceback() for f in failures] == [True]
 
 
 def test_one_refused_job_does_not_fail_its_batch(engine: sa.Engine) -> None:

@@ -9,6 +9,9 @@ import json
 import os
 import pickle
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,8 +20,11 @@ from typing import Any
 import pytest
 
 from eventbus import errors
-from eventbus.records import Event, Written
-from eventbus.storage.writer_process import MAX_BATCH
+from eventbus.records import Event, Stream, WriteAnswer, Written
+from eventbus.responses import write_event_answer
+from eventbus.storage import migrate
+from eventbus.storage import queries as q
+from eventbus.storage.writer_process import CHILD_FD, MAX_BATCH, _frame, _read_frame
 from tests.busclient import DEFAULT_AUTH, LineClient
 from tests.hardening_support import wait_for
 from tests.servers import ServerProcess, alive, children
@@ -36,6 +42,50 @@ def test_results_and_refusals_cross_a_pickle_whole() -> None:
     error = errors.missing_fields([{"name": "stream_name"}])
     back = pickle.loads(pickle.dumps(error))
     assert (back.code, back.reason, back.context) == (error.code, error.reason, error.context)
+
+
+def test_the_child_renders_what_it_committed(tmp_path: Path) -> None:
+    """The child itself, fed a frame through its socket: it runs the jobs
+    as one transaction, then each job's ``render`` on its result (a write
+    comes back as its answer line). A render that fails is answered
+    ``unavailable`` as stored, and costs the other jobs nothing."""
+    url = f"sqlite:///{tmp_path / 'child.db'}"
+    migrate.upgrade(url)
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "eventbus.storage.writer_process", url, "5000"],
+        # Its end of the pair as fd 3, as the server gives it (kept open by pass_fds).
+        preexec_fn=lambda: os.dup2(theirs.fileno(), CHILD_FD),
+        pass_fds=(CHILD_FD,),
+    )
+    theirs.close()
+    try:
+        jobs = [
+            (q.create_stream_txn, ("r", 1), None),
+            (q.write_events_txn, ("r", ['{"n":1}'], 2, None), write_event_answer),
+            (q.create_stream_txn, ("s", 3), write_event_answer),  # a Stream: its render fails
+            (q.write_events_txn, ("r", ['{"n":2}'], 4, None), None),
+            (q.write_events_txn, ("missing", ['{"n":3}'], 5, None), write_event_answer),
+        ]
+        ours.sendall(_frame(jobs))
+        with ours.makefile("rb") as source:
+            results, _seconds = _read_frame(source)
+    finally:
+        ours.close()
+        child.wait(30)
+    stream, answer, failed, written, refused = results
+    assert type(stream) is Stream and stream.name == "r"
+    assert type(written) is Written and written.events[0].body == '{"n":2}'
+    first = written.events[0]
+    assert type(answer) is WriteAnswer and (answer.count, answer.duplicate) == (1, False)
+    line = json.loads(answer.line)
+    assert (line["operation"], line["status"]) == ("write_event", True)
+    event = line["body"]["event"]
+    assert (event["body"], event["seq"], event["stream_id"]) == ({"n": 1}, first.seq - 1, first.stream_id)
+    assert isinstance(failed, errors.BusError) and failed.code == "unavailable"
+    assert "stored" in failed.reason
+    assert isinstance(refused, errors.BusError) and refused.code == "stream_not_found"
+    assert child.returncode == 0  # it ends when our end closes
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from eventbus import errors
 from eventbus.interfaces import IDatabase
 from eventbus.storage import migrate
 from eventbus.storage.engines import BUSY_TIMEOUT_MS, make_engine
-from eventbus.storage.writer import Committed, GroupCommitWriter, Reply, deferred_reply
+from eventbus.storage.writer import Committed, GroupCommitWriter, Render, Reply, deferred_reply
 from eventbus.storage.writer_process import ProcessWriter
 
 
@@ -87,13 +87,18 @@ class Database(Service):
         return d
 
     def write_then(
-        self, fn: Callable[..., Any], args: tuple, reply: Reply, committed: Committed | None = None
+        self,
+        fn: Callable[..., Any],
+        args: tuple,
+        reply: Reply,
+        committed: Committed | None = None,
+        render: Render | None = None,
     ) -> None:
         if self.writer is None or not self.running:
             reply(errors.unavailable("the server is shutting down"))
             return
         try:
-            self.writer.submit_then(fn, args, reply, committed)
+            self.writer.submit_then(fn, args, reply, committed, render)
         except errors.BusError as e:
             reply(e)
 

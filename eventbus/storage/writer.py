@@ -2,9 +2,11 @@
 
 The reactor thread submits jobs; the writer takes all that are pending,
 runs them in one transaction (:func:`run_batch`), commits, and only then
-hands all results back to the reactor in one hop (:func:`deliver`). Here the
-writer is a thread (PostgreSQL's); SQLite's is a process that runs the same
-batches (``writer_process``). A job is ``fn(conn, *args)``. A job
+hands all results back to the reactor in one hop (:func:`deliver`), each
+first turned into what its caller needs by the job's ``render``, if it has
+one (:func:`rendered`). Here the writer is a thread (PostgreSQL's); SQLite's
+is a process that runs the same batches (``writer_process``). A job is
+``fn(conn, *args)``. A job
 may raise :class:`BusError` only before it has changed anything, so one
 job's refusal never disturbs the others in its batch. Consecutive jobs of a
 function that has a ``batched`` attribute are run together through it (one
@@ -31,15 +33,21 @@ from eventbus.errors import BusError
 
 
 class Job:
-    __slots__ = ("fn", "args", "reply", "committed")
+    __slots__ = ("fn", "args", "reply", "committed", "render")
 
     def __init__(
-        self, fn: Callable[..., Any], args: tuple, reply: Reply, committed: Committed | None
+        self,
+        fn: Callable[..., Any],
+        args: tuple,
+        reply: Reply,
+        committed: Committed | None,
+        render: Render | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
         self.reply = reply
         self.committed = committed
+        self.render = render
 
 
 #: ``reply(outcome)``: called on the reactor thread with the job's result
@@ -51,6 +59,13 @@ Reply = Callable[[Any], None]
 #: change is durable, before its reply, whether or not the caller still
 #: waits for it (a client gone away cancels only its Deferred).
 Committed = Callable[[tuple, Any], None]
+
+
+#: ``render(result)``: turns a job's committed result into what the reactor
+#: thread is handed instead (a write's answer line), in the writer, after the
+#: commit, so that the reactor thread does not have to. A module-level
+#: function, so that it can cross to the SQLite writer process.
+Render = Callable[[Any], Any]
 
 
 #: Gathering before a commit, like PostgreSQL's commit_delay: when the last
@@ -94,11 +109,16 @@ class GroupCommitWriter:
         return d
 
     def submit_then(
-        self, fn: Callable[..., Any], args: tuple, reply: Reply, committed: Committed | None = None
+        self,
+        fn: Callable[..., Any],
+        args: tuple,
+        reply: Reply,
+        committed: Committed | None = None,
+        render: Render | None = None,
     ) -> None:
         """Queue ``fn(conn, *args)``; ``reply`` gets its outcome after the
         commit: the write path's way, without a Deferred per request."""
-        job = Job(fn, args, reply, committed)
+        job = Job(fn, args, reply, committed, render)
         with self._cond:
             if self._stopping:
                 raise BusError("unavailable", "the server is shutting down")
@@ -140,7 +160,7 @@ class GroupCommitWriter:
                     results: list[Any] = [storage_unavailable()] * len(jobs)
                 else:
                     started = time.perf_counter()
-                    results = run_batch(conn, jobs)
+                    results = rendered(jobs, run_batch(conn, jobs))
                     if self.on_batch is not None:
                         self.on_batch(len(jobs), time.perf_counter() - started)
                     if conn.invalidated or conn.closed:
@@ -243,6 +263,20 @@ def _run_jobs(conn: sa.Connection, jobs: list[Job]) -> list[Any]:
             results.append(e)
         i += 1
     return results
+
+
+def rendered(jobs: list[Job], results: list[Any]) -> list[Any]:
+    """``results``, each committed one passed through its job's ``render``."""
+    out = []
+    for job, result in zip(jobs, results):
+        if job.render is not None and not isinstance(result, (BusError, Failure)):
+            try:
+                result = job.render(result)
+            except Exception:
+                GroupCommitWriter.log.failure("a committed write's answer could not be made")
+                result = BusError("unavailable", "the write was stored, but its answer could not be made")
+        out.append(result)
+    return out
 
 
 def deliver(jobs: list[Job], results: list[Any]) -> None:
