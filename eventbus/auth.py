@@ -60,6 +60,23 @@ def _verifier(secret: str) -> _Plain | _Hashed:
     return _Plain(secret.encode("utf-8"))
 
 
+class AuthMemo:
+    """One connection's last verified ``auth`` object and its client.
+
+    A client sends the same auth object on every line of a connection; once
+    it has been verified there, an equal one is the same client without
+    hashing it again. Comparing with ``==`` is not constant-time, and need
+    not be: the memo holds only what this connection itself presented and
+    had verified, so timing tells a peer nothing it did not send.
+    """
+
+    __slots__ = ("auth", "client")
+
+    def __init__(self) -> None:
+        self.auth: dict[str, Any] | None = None
+        self.client: Client | None = None
+
+
 class Client:
     """A known client and what it may do."""
 
@@ -134,9 +151,19 @@ class Authenticator:
                     names = ", ".join(unknown)
                     self.log.warn("client {name}: no such operations: {unknown}", name=c.name, unknown=names)
 
-    def authenticate(self, auth: Any) -> Client | Deferred:
+    def authenticate(self, auth: Any, memo: AuthMemo | None = None) -> Client | Deferred:
         """The client named by ``auth``, or raise ``unauthorized``; a
-        Deferred of the same when a scrypt hash must be verified in a thread."""
+        Deferred of the same when a scrypt hash must be verified in a thread.
+        ``memo``: the connection's :class:`AuthMemo`, consulted and kept."""
+        if memo is not None and memo.auth is not None and auth == memo.auth:
+            return memo.client  # type: ignore[return-value]
+        client = self._authenticate(auth)
+        if memo is not None and isinstance(client, Client) and len(auth) == 2:
+            # Only the usual object (id and secret): junk beside them is not kept.
+            memo.auth, memo.client = auth, client
+        return client
+
+    def _authenticate(self, auth: Any) -> Client | Deferred:
         if not isinstance(auth, dict):
             raise errors.unauthorized()
         client_id = auth.get("client_id")

@@ -93,16 +93,18 @@ class IEvents(Interface):
 class IAuthenticator(Interface):
     """Who a request comes from."""
 
-    def authenticate(auth):
-        """The client for an ``auth`` object, or raise ``unauthorized``."""
+    def authenticate(auth, memo=None):
+        """The client for an ``auth`` object, or raise ``unauthorized``;
+        ``memo``, one connection's ``AuthMemo``, spares a repeated check."""
 
 
 class IDispatcher(Interface):
     """Turns request lines into requests the protocol runs (the operations layer)."""
 
-    def prepare(line):
+    def prepare(line, memo=None):
         """Decode, authenticate and validate one request line (bytes, no line
-        ending) on the reactor thread, touching no storage. Returns a
+        ending) on the reactor thread, touching no storage; ``memo`` is the
+        connection's ``AuthMemo`` (see IAuthenticator). Returns a
         :class:`eventbus.operations.Request`: its ``lane`` (None, "read",
         "write", or a lane of its own while a hashed secret is verified) says
         how it orders against the connection's other requests,

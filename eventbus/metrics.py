@@ -221,9 +221,9 @@ class MeteredDispatcher:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def prepare(self, line: bytes) -> Any:
+    def prepare(self, line: bytes, memo: Any = None) -> Any:
         started = self._clock()
-        request = self._inner.prepare(line)
+        request = self._inner.prepare(line, memo)
         call, args = request.call, request.args
         operation = request.operation
         metrics = self._metrics

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from eventbus import errors
-from eventbus.auth import Client
+from eventbus.auth import AuthMemo, Client
 from eventbus.clock import now_us
 from eventbus.errors import BusError
 from eventbus.interfaces import IAuthenticator, IDispatcher, IEvents, IStreams
@@ -478,7 +478,7 @@ class Dispatcher:
         self.max_page = max_page
         self._unknown = errors.unknown_operation([op.name for op in OPERATIONS])
 
-    def prepare(self, line: bytes) -> Request:
+    def prepare(self, line: bytes, memo: AuthMemo | None = None) -> Request:
         try:
             request = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -497,7 +497,7 @@ class Dispatcher:
         if op is None:
             return answered("decode_request", error_line("decode_request", self._unknown))
         try:
-            client = self.authenticator.authenticate(request.get("auth")) if op.auth else None
+            client = self.authenticator.authenticate(request.get("auth"), memo) if op.auth else None
         except BusError as e:
             return answered(op.name, error_line(op.name, e), code=e.code)
         if isinstance(client, Deferred):

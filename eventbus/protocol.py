@@ -29,7 +29,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from eventbus import errors
-from eventbus.auth import FailureThrottle
+from eventbus.auth import AuthMemo, FailureThrottle
 from eventbus.operations import Dispatcher, Request, answered
 from eventbus.responses import error_line
 
@@ -86,6 +86,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         self._pending_bytes = 0  # request bytes not yet answered
         self._starting = False  # inside _start_blocked
         self._receiving = False  # inside dataReceived
+        self._auth_memo = AuthMemo()
         # TimeoutMixin's clock: the factory's reactor (a Clock in unit tests).
         self.callLater = factory.reactor.callLater
         # Activity is stamped, not pushed into the timer at every line: the
@@ -193,7 +194,7 @@ class BusProtocol(LineReceiver, TimeoutMixin):
             return
         self._last_active = self._seconds()
         try:
-            request = self.dispatcher.prepare(line)
+            request = self.dispatcher.prepare(line, self._auth_memo)
         except Exception:
             self.log.failure("request could not be prepared")
             request = _unavailable("decode_request")

@@ -283,7 +283,7 @@ def test_metered_dispatcher_counts_answering_requests_however_they_answer() -> N
     later: list[Any] = []
 
     class _Inner:
-        def prepare(self, line: bytes) -> Request:
+        def prepare(self, line: bytes, memo: Any = None) -> Request:
             if line == b"now":
                 return Request(
                     "write_event",

@@ -11,11 +11,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from eventbus import secrets
-from eventbus.auth import Authenticator
+from eventbus.auth import Authenticator, AuthMemo
 from eventbus.config import ClientConfig
 from eventbus.errors import BusError
 from eventbus.operations import Dispatcher
-from tests.busclient import LineClient
+from tests.busclient import DEFAULT_AUTH, LineClient
 from tests.servers import ServerProcess
 
 SECRET = "hashed-secret-for-threads"
@@ -136,5 +136,55 @@ def test_refusals_found_in_the_pool_are_slowed_down_too(tmp_path: Path) -> None:
         # Three free failures, then 0.1 s and 0.2 s of held answers.
         assert elapsed >= 0.3
         assert "answer delayed" in server.log_text()
+    finally:
+        server.stop()
+
+
+def test_a_connections_memo_spares_only_its_own_repeated_auth() -> None:
+    """The same auth object again on a connection is the same client with no
+    hashing; anything else (a wrong secret, another id, extra keys) is
+    checked in full, and a refusal forgets nothing and admits nothing."""
+    pool = _Pool()
+    auth = _authenticator(pool)
+    checked: list[Any] = []
+    full = auth._authenticate
+
+    def counted(presented: Any) -> Any:
+        checked.append(presented)
+        return full(presented)
+
+    auth._authenticate = counted  # type: ignore[method-assign]
+    memo = AuthMemo()
+    good = {"client_id": "pid", "client_secret": "plain"}
+    assert auth.authenticate(good, memo).client_id == "pid"
+    assert auth.authenticate(dict(good), memo).client_id == "pid"
+    assert checked == [good]
+    for bad in ({"client_id": "pid", "client_secret": "plaiN"}, {"client_id": "pid"}, "pid:plain"):
+        with pytest.raises(BusError):
+            auth.authenticate(bad, memo)
+    # Another client's id with the same secret: verified (in the pool), not the memo's client.
+    assert isinstance(auth.authenticate({"client_id": "hid", "client_secret": "plain"}, memo), Deferred)
+    assert auth.authenticate(dict(good), memo).client_id == "pid"
+    assert len(checked) == 5
+    extra = {**good, "note": "x" * 100}
+    assert auth.authenticate(extra, memo).client_id == "pid"
+    assert memo.auth == good  # what came with junk beside it is not kept
+    other = AuthMemo()
+    assert auth.authenticate(dict(good), other).client_id == "pid"
+    assert len(checked) == 7  # each connection checks once for itself
+
+
+def test_a_wrong_secret_after_a_right_one_on_one_connection_is_refused(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path).start()
+    try:
+        with LineClient(server.port) as c:
+            assert c.request("list_streams", {})["status"] is True
+            wrong = {
+                "client_id": DEFAULT_AUTH["client_id"],
+                "client_secret": DEFAULT_AUTH["client_secret"] + "x",
+            }
+            answer = c.request("list_streams", {}, auth=wrong)
+            assert (answer["status"], answer["code"]) == (False, "unauthorized")
+            assert c.request("list_streams", {})["status"] is True
     finally:
         server.stop()

@@ -289,7 +289,7 @@ def test_unexpected_exceptions_are_logged_and_answered(
 class BrokenDispatcher:
     """A dispatcher with bugs: prepare raises, or a request's run raises."""
 
-    def prepare(self, line: bytes) -> Request:
+    def prepare(self, line: bytes, memo: Any = None) -> Request:
         if b"boom" in line:
             raise ValueError("injected: prepare raised")
 

@@ -47,7 +47,7 @@ class Script:
         self.started: list[str] = []
         self.cancelled: list[str] = []
 
-    def prepare(self, line: bytes) -> Request:
+    def prepare(self, line: bytes, memo: Any = None) -> Request:
         text = line.decode()
         if text == "exit":
             return Request("exit", None, True, lambda: b'{"exit": true}\n')
@@ -596,7 +596,7 @@ def test_many_queued_requests_that_finish_at_once_do_not_recurse() -> None:
     class _Dispatcher:
         n = 0
 
-        def prepare(self, line: bytes) -> Request:
+        def prepare(self, line: bytes, memo: Any = None) -> Request:
             self.n += 1
             answer = b'{"n":%d}\n' % self.n
             run = (lambda: slow) if self.n == 1 else (lambda: succeed(answer))
