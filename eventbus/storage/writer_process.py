@@ -15,9 +15,9 @@ of the pair as fd 3) reads a frame of jobs, runs it as one transaction with
 frame is a 4-byte big-endian length and a pickle; a job is its function (by
 name: every write function is module-level), its arguments and its
 ``render``, which the child runs too: a write's answer line is made here,
-not on the reactor thread (64 x 16 writes x1.10, write_events x1.18). Failures are
-logged by the child, whose log the server relays, and come back as
-``unavailable``.
+not on the reactor thread (64 x 16 writes x1.10, write_events x1.18).
+Failures are logged by the child, whose log the server relays, and come
+back as ``unavailable``.
 
 The child ends when the server closes its end: when the server stops it, and
 when the server dies, once the batch in hand is done. If the child dies
