@@ -63,7 +63,7 @@ class Events:
         now: int,
         key: str | None,
         reply: Callable[[Any], None],
-        render: Callable[[Written], Any] | None = None,
+        render: Callable[[Written], Any],
     ) -> None:
         args = (stream_name, bodies, now, key)
         self.db.write_then(q.write_events_txn, args, reply, self._written, render)

@@ -55,10 +55,10 @@ class IEvents(Interface):
         """Deferred[Written]: ``bodies`` (compact JSON texts) appended in one
         commit, acknowledged only once durable."""
 
-    def write_then(stream_name, bodies, now, key, reply, render=None):
-        """As :meth:`write`, with the outcome (a Written, or the BusError or
-        Failure) passed to ``reply`` instead of a Deferred; with ``render``,
-        ``render(written)`` instead of the Written (see IDatabase.write_then)."""
+    def write_then(stream_name, bodies, now, key, reply, render):
+        """As :meth:`write`, with the outcome passed to ``reply`` instead of
+        a Deferred: ``render(written)`` (made in the writer, see
+        IDatabase.write_then), or the BusError or Failure."""
 
     def read(stream_name, status, after_seq, limit):
         """Deferred[Page]: events in write order, read-only."""

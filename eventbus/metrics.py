@@ -267,7 +267,7 @@ class MeteredEvents:
         return written
 
     def write_then(
-        self, stream_name: str, bodies: list[str], now: int, key: str | None, reply: Any, render: Any = None
+        self, stream_name: str, bodies: list[str], now: int, key: str | None, reply: Any, render: Any
     ) -> None:
         def counted(outcome: Any) -> None:
             if isinstance(outcome, (Written, WriteAnswer)):

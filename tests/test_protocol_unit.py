@@ -151,11 +151,9 @@ class FakeEvents:
         return succeed(Written([_event(start + i + 1, b) for i, b in enumerate(bodies)], False))
 
     def write_then(
-        self, stream_name: str, bodies: list[str], now: int, key: str | None, reply: Any, render: Any = None
+        self, stream_name: str, bodies: list[str], now: int, key: str | None, reply: Any, render: Any
     ) -> None:
-        d = self.write(stream_name, bodies, now, key)
-        if render is not None:
-            d.addCallback(render)
+        d = self.write(stream_name, bodies, now, key).addCallback(render)
         d.addErrback(lambda f: f.value).addCallback(reply)
 
     def read(self, stream_name: str, status: int | None, after_seq: int | None, limit: int) -> Deferred:

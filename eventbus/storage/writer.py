@@ -6,13 +6,12 @@ hands all results back to the reactor in one hop (:func:`deliver`), each
 first turned into what its caller needs by the job's ``render``, if it has
 one (:func:`rendered`). Here the writer is a thread (PostgreSQL's); SQLite's
 is a process that runs the same batches (``writer_process``). A job is
-``fn(conn, *args)``. A job
-may raise :class:`BusError` only before it has changed anything, so one
-job's refusal never disturbs the others in its batch. Consecutive jobs of a
-function that has a ``batched`` attribute are run together through it (one
-multi-row insert for many writers). If the batch fails in any other way the
-transaction is rolled back and each job is run again alone, so a fault is
-charged to the job that caused it.
+``fn(conn, *args)``. A job may raise :class:`BusError` only before it has
+changed anything, so one job's refusal never disturbs the others in its
+batch. Consecutive jobs of a function that has a ``batched`` attribute are
+run together through it (one multi-row insert for many writers). If the
+batch fails in any other way the transaction is rolled back and each job is
+run again alone, so a fault is charged to the job that caused it.
 """
 
 from __future__ import annotations
