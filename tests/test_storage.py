@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
 from eventbus.errors import BusError
@@ -27,7 +27,7 @@ from eventbus.storage import migrate
 from eventbus.storage import queries as q
 from eventbus.storage.engines import make_engine
 from eventbus.storage.model import metadata
-from eventbus.storage.writer import GroupCommitWriter
+from eventbus.storage.writer import GroupCommitWriter, deferred_reply
 from tests.hardening_support import logged_failures
 
 US = 1_000_000
@@ -304,6 +304,13 @@ class ThreadHop:
             f(*args)
 
 
+def submit(writer: GroupCommitWriter, fn: Callable[..., Any], args: tuple, committed: Any = None) -> Deferred:
+    """Queue ``fn(conn, *args)`` on ``writer``; the Deferred fires after its commit."""
+    d: Deferred = Deferred()
+    writer.submit_then(fn, args, deferred_reply(d), committed)
+    return d
+
+
 def outcome(d: Any) -> list[Any]:
     box: list[Any] = []
     d.addBoth(box.append)
@@ -331,8 +338,8 @@ def test_group_commit_runs_all_pending_jobs_in_one_transaction(engine: sa.Engine
     hop = ThreadHop()
     writer = GroupCommitWriter(engine, hop)
     txn(engine, q.create_stream_txn, "g", T0, None, None)
-    results = [outcome(writer.submit(q.write_events_txn, ("g", [f'"{n}"'], T0))) for n in range(50)]
-    results.append(outcome(writer.submit(q.create_stream_txn, ("h", T0))))
+    results = [outcome(submit(writer, q.write_events_txn, ("g", [f'"{n}"'], T0))) for n in range(50)]
+    results.append(outcome(submit(writer, q.create_stream_txn, ("h", T0))))
     _run_queued(writer, hop, results)  # all 51 are queued before the thread looks
     assert (writer.batches, writer.jobs) == (1, 51)
     assert [r[0].events[0].body for r in results[:50]] == [f'"{n}"' for n in range(50)]
@@ -358,9 +365,9 @@ def test_a_group_commit_stores_every_body_exactly_as_written(engine: sa.Engine) 
     writer = GroupCommitWriter(engine, hop)
     txn(engine, q.create_stream_txn, "j", T0, None, None)
     results = [
-        outcome(writer.submit(q.write_events_txn, ("j", AWKWARD_BODIES[:2], T0))),
-        outcome(writer.submit(q.write_events_txn, ("j", [AWKWARD_BODIES[2]], T0 + 1, "k1"))),
-        outcome(writer.submit(q.write_events_txn, ("j", AWKWARD_BODIES[3:], T0 + 2))),
+        outcome(submit(writer, q.write_events_txn, ("j", AWKWARD_BODIES[:2], T0))),
+        outcome(submit(writer, q.write_events_txn, ("j", [AWKWARD_BODIES[2]], T0 + 1, "k1"))),
+        outcome(submit(writer, q.write_events_txn, ("j", AWKWARD_BODIES[3:], T0 + 2))),
     ]
     _run_queued(writer, hop, results)
     assert writer.batches == 1
@@ -406,11 +413,11 @@ def test_the_commit_hook_runs_even_when_the_caller_left(engine: sa.Engine) -> No
     writer = GroupCommitWriter(engine, hop)
     txn(engine, q.create_stream_txn, "c", T0, None, None)
     seen: list[tuple] = []
-    left = writer.submit(q.write_events_txn, ("c", ['"1"'], T0), lambda args, r: seen.append((args, r)))
+    left = submit(writer, q.write_events_txn, ("c", ['"1"'], T0), lambda args, r: seen.append((args, r)))
     left.addErrback(lambda f: f.trap(CancelledError))
     left.cancel()
     stayed = outcome(
-        writer.submit(q.write_events_txn, ("c", ['"2"'], T0), lambda args, r: seen.append((args, r)))
+        submit(writer, q.write_events_txn, ("c", ['"2"'], T0), lambda args, r: seen.append((args, r)))
     )
     _run_queued(writer, hop, [stayed])
     assert [(args[0], r.events[0].body) for args, r in seen] == [("c", '"1"'), ("c", '"2"')]
@@ -487,7 +494,7 @@ def test_one_refused_job_does_not_fail_its_batch(engine: sa.Engine) -> None:
         (q.create_stream_txn, ("b", T0)),
         (q.write_events_txn, ("b", ['"3"'], T0)),
     ]
-    results = [outcome(writer.submit(fn, args)) for fn, args in jobs]
+    results = [outcome(submit(writer, fn, args)) for fn, args in jobs]
     _run_queued(writer, hop, results)
     assert writer.batches == 1
     codes = [r[0].value.code if isinstance(r[0], Failure) else "ok" for r in results]
@@ -508,7 +515,7 @@ def test_a_failing_job_is_charged_alone_and_its_changes_undone(engine: sa.Engine
         (q.create_stream_txn, ("a", T0)),  # still stream_exists
         (q.write_events_txn, ("a", ['"3"'], T0)),
     ]
-    results = [outcome(writer.submit(fn, args)) for fn, args in jobs]
+    results = [outcome(submit(writer, fn, args)) for fn, args in jobs]
     _run_queued(writer, hop, results)
     assert not isinstance(results[0][0], Failure)
     assert not isinstance(results[1][0], Failure)
@@ -527,11 +534,11 @@ def test_writer_stop_runs_what_is_queued(engine: sa.Engine) -> None:
     hop = ThreadHop()
     writer = GroupCommitWriter(engine, hop)
     txn(engine, q.create_stream_txn, "s", T0, None, None)
-    results = [outcome(writer.submit(q.write_events_txn, ("s", [f'"{n}"'], T0))) for n in range(10)]
+    results = [outcome(submit(writer, q.write_events_txn, ("s", [f'"{n}"'], T0))) for n in range(10)]
     stopped = outcome(writer.stop())
     writer.start()
     hop.run_until(lambda: bool(stopped) and all(results))
     assert bodies(engine, "s") == [f'"{n}"' for n in range(10)]
     with pytest.raises(BusError) as e:
-        writer.submit(q.write_events_txn, ("s", ['"late"'], T0))
+        submit(writer, q.write_events_txn, ("s", ['"late"'], T0))
     assert e.value.code == "unavailable"

@@ -101,12 +101,6 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="eventbus-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[..., Any], args: tuple, committed: Committed | None = None) -> Deferred:
-        """Queue ``fn(conn, *args)``; the Deferred fires after its commit."""
-        d: Deferred = Deferred()
-        self.submit_then(fn, args, deferred_reply(d), committed)
-        return d
-
     def submit_then(
         self,
         fn: Callable[..., Any],
@@ -116,7 +110,8 @@ class GroupCommitWriter:
         render: Render | None = None,
     ) -> None:
         """Queue ``fn(conn, *args)``; ``reply`` gets its outcome after the
-        commit: the write path's way, without a Deferred per request."""
+        commit, without a Deferred per request (``Database.write`` makes one
+        where a caller wants it)."""
         job = Job(fn, args, reply, committed, render)
         with self._cond:
             if self._stopping:
