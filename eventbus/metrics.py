@@ -33,7 +33,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.defer import Deferred
 
-from eventbus.records import STATUS_NAMES, WriteAnswer, Written
+from eventbus.records import STATUS_NAMES, WriteAnswer
 
 #: Request latencies: sub-millisecond reads up to 30 s long polls.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -270,7 +270,7 @@ class MeteredEvents:
         self, stream_name: str, bodies: list[str], now: int, key: str | None, reply: Any, render: Any
     ) -> None:
         def counted(outcome: Any) -> None:
-            if isinstance(outcome, (Written, WriteAnswer)):
+            if isinstance(outcome, WriteAnswer):
                 self._written(outcome)
             reply(outcome)
 

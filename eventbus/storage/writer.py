@@ -154,7 +154,7 @@ class GroupCommitWriter:
                     results: list[Any] = [storage_unavailable()] * len(jobs)
                 else:
                     started = time.perf_counter()
-                    results = rendered(jobs, run_batch(conn, jobs))
+                    results = run_batch(conn, jobs)
                     if self.on_batch is not None:
                         self.on_batch(len(jobs), time.perf_counter() - started)
                     if conn.invalidated or conn.closed:
@@ -162,7 +162,7 @@ class GroupCommitWriter:
                 self.batches += 1
                 self.jobs += len(jobs)
                 last = len(jobs)
-                self._reactor.callFromThread(deliver, jobs, results)
+                self._reactor.callFromThread(deliver, jobs, rendered(jobs, results))
         finally:
             if conn is not None:
                 conn.close()

@@ -405,13 +405,11 @@ def main() -> None:
                 except Exception:
                     log.failure("writer cannot connect to the database")
             batch = [Job(fn, args, None, None, render) for fn, args, render in jobs]
-            if conn is not None:
-                results = rendered(batch, run_batch(conn, batch))
-            else:
-                results = [storage_unavailable()] * len(batch)
+            results = run_batch(conn, batch) if conn is not None else [storage_unavailable()] * len(batch)
+            seconds = time.perf_counter() - started
             if conn is not None and (conn.invalidated or conn.closed):
                 conn = None
-            sock.sendall(_answer(results, time.perf_counter() - started))
+            sock.sendall(_answer(rendered(batch, results), seconds))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server is gone
     finally:
