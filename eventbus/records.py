@@ -65,9 +65,6 @@ class WriteAnswer(NamedTuple):
     count: int
     duplicate: bool
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (tuple.__new__, (WriteAnswer, tuple(self)))
-
 
 class Marked(NamedTuple):
     marked: int

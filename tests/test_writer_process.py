@@ -24,7 +24,7 @@ from eventbus.records import Event, Stream, WriteAnswer, Written
 from eventbus.responses import write_event_answer
 from eventbus.storage import migrate
 from eventbus.storage import queries as q
-from eventbus.storage.writer_process import CHILD_FD, MAX_BATCH, _frame, _read_frame
+from eventbus.storage.writer_process import CHILD_FD, MAX_BATCH, _answer, _jobs_frame, _read_frame, _received
 from tests.busclient import DEFAULT_AUTH, LineClient
 from tests.hardening_support import wait_for
 from tests.servers import ServerProcess, alive, children
@@ -42,6 +42,42 @@ def test_results_and_refusals_cross_a_pickle_whole() -> None:
     error = errors.missing_fields([{"name": "stream_name"}])
     back = pickle.loads(pickle.dumps(error))
     assert (back.code, back.reason, back.context) == (error.code, error.reason, error.context)
+
+
+def test_answers_cross_as_plain_tuples_and_arrive_as_answers() -> None:
+    """A WriteAnswer crosses as a plain tuple and is a WriteAnswer again on
+    the server's side; other results keep their type; a plain tuple, which
+    no write returns, would be taken for an answer, so it is refused."""
+    answer = WriteAnswer(b'{"operation":"write_event"}\n', 1, False)
+    stream = Stream(1, "sid", "s", 5, None, None)
+    refusal = errors.stream_not_found("gone")
+    frame = _answer([answer, stream, refusal, None, (b"not an answer", 1, False)], 0.25)
+    crossed, seconds = pickle.loads(frame[4:])
+    assert type(crossed[0]) is tuple  # plain data across
+    results = _received(crossed)
+    assert type(results[0]) is WriteAnswer and results[0] == answer
+    assert type(results[1]) is Stream and results[1] == stream
+    assert isinstance(results[2], errors.BusError) and results[2].code == "stream_not_found"
+    assert results[3] is None and seconds == 0.25
+    assert isinstance(results[4], errors.BusError) and results[4].code == "unavailable"
+
+
+def test_only_module_level_functions_cross_by_name() -> None:
+    """Jobs cross by their functions' names; a function the child could not
+    find by its name is refused on the server's side, before it is sent."""
+
+    def local(conn: Any) -> None:
+        return None
+
+    for fn in (local, lambda conn: None):
+        with pytest.raises(ValueError, match="module-level"):
+            _jobs_frame([(fn, (), None)])
+    (job,) = pickle.loads(_jobs_frame([(q.write_events_txn, ("s", [], 1, None), write_event_answer)])[4:])
+    assert job == (
+        "eventbus.storage.queries:write_events_txn",
+        ("s", [], 1, None),
+        "eventbus.responses:write_event_answer",
+    )
 
 
 def test_the_child_renders_what_it_committed(tmp_path: Path) -> None:
@@ -67,9 +103,10 @@ def test_the_child_renders_what_it_committed(tmp_path: Path) -> None:
             (q.write_events_txn, ("r", ['{"n":2}'], 4, None), None),
             (q.write_events_txn, ("missing", ['{"n":3}'], 5, None), write_event_answer),
         ]
-        ours.sendall(_frame(jobs))
+        ours.sendall(_jobs_frame(jobs))
         with ours.makefile("rb") as source:
-            results, _seconds = _read_frame(source)
+            crossed, _seconds = _read_frame(source)
+        results = _received(crossed)
     finally:
         ours.close()
         child.wait(30)

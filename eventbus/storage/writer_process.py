@@ -12,12 +12,19 @@ Both ends are here. The server's end, :class:`ProcessWriter`, stands in for
 (``python -m eventbus.storage.writer_process URL BUSY_TIMEOUT_MS``, its end
 of the pair as fd 3) reads a frame of jobs, runs it as one transaction with
 :func:`~eventbus.storage.writer.run_batch`, and writes a frame of results. A
-frame is a 4-byte big-endian length and a pickle; a job is its function (by
-name: every write function is module-level), its arguments and its
-``render``, which the child runs too: a write's answer line is made here,
-not on the reactor thread (64 x 16 writes x1.10, write_events x1.18).
-Failures are logged by the child, whose log the server relays, and come
-back as ``unavailable``.
+frame is a 4-byte big-endian length and a pickle; a job is its function, its
+arguments and its ``render``, which the child runs too: a write's answer
+line is made here, not on the reactor thread (64 x 16 writes x1.10,
+write_events x1.18). Failures are logged by the child, whose log the server
+relays, and come back as ``unavailable``.
+
+What crosses is kept to plain data, which pickle handles in C: functions go
+by name (every write function is module-level), not as references, which
+pickle resolves by importing their module again in every frame; a
+:class:`~eventbus.records.WriteAnswer` comes back as a plain tuple of its
+fields, not as a record, which pickle rebuilds by calling into Python for
+each. A batch of 512 writes' answers pickled in 6 us instead of 490, and a
+single write's frames in a tenth of the time.
 
 The child ends when the server closes its end: when the server stops it, and
 when the server dies, once the batch in hand is done. If the child dies
@@ -29,6 +36,7 @@ child has been started, a moment later.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
@@ -37,6 +45,8 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -46,6 +56,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python.failure import Failure
 
 from eventbus.errors import BusError
+from eventbus.records import WriteAnswer
 from eventbus.storage.writer import (
     Committed,
     Job,
@@ -80,6 +91,44 @@ _ENDED = BusError("unavailable", "the writer stopped during this write; it may h
 def _frame(message: Any) -> bytes:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(payload)) + payload
+
+
+#: The name each function crosses as (None: a job without a render).
+_NAMES: dict[Any, str | None] = {None: None}
+#: The child's: each name's function, imported once.
+_FUNCTIONS: dict[str | None, Any] = {None: None}
+
+
+def _name(fn: Any) -> str | None:
+    name = _NAMES.get(fn)
+    if name is None and fn is not None:
+        module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+        if module is None or getattr(sys.modules.get(module), qualname, None) is not fn:
+            raise ValueError(f"{fn!r} is not a module-level function: it cannot cross to the writer process")
+        name = _NAMES[fn] = f"{module}:{qualname}"
+    return name
+
+
+def _function(name: str | None) -> Any:
+    fn = _FUNCTIONS.get(name)
+    if fn is None and name is not None:
+        module, _, qualname = name.partition(":")
+        fn = _FUNCTIONS[name] = getattr(importlib.import_module(module), qualname)
+    return fn
+
+
+def _jobs_frame(jobs: Iterable[tuple[Any, tuple, Render | None]]) -> bytes:
+    """A batch for the child: (function, arguments, render) each."""
+    return _frame([(_name(fn), args, _name(render)) for fn, args, render in jobs])
+
+
+#: A WriteAnswer again from the plain tuple it crossed as, in C.
+_write_answer = partial(tuple.__new__, WriteAnswer)
+
+
+def _received(results: list[Any]) -> list[Any]:
+    """The results of a frame from the child as its jobs' callers take them."""
+    return [_write_answer(r) if type(r) is tuple else r for r in results]
 
 
 class ProcessWriter:
@@ -169,7 +218,7 @@ class ProcessWriter:
         n = min(len(self._queue), self._max_batch)
         jobs = [self._queue.popleft() for _ in range(n)]
         try:
-            frame = _frame([(job.fn, job.args, job.render) for job in jobs])
+            frame = _jobs_frame((job.fn, job.args, job.render) for job in jobs)
         except Exception:
             # A job that cannot cross to the child is a bug in its caller.
             self.log.failure("a write could not be sent to the writer process")
@@ -181,6 +230,7 @@ class ProcessWriter:
 
     def _results(self, message: tuple[list[Any], float]) -> None:
         results, seconds = message
+        results = _received(results)
         jobs, self._in_hand = self._in_hand, None
         if jobs is None:
             return
@@ -358,9 +408,21 @@ class _Child(ProcessProtocol):
 # -- the child ------------------------------------------------------------------
 
 
+def _sendable(result: Any) -> Any:
+    if type(result) is WriteAnswer:
+        return tuple(result)  # made a WriteAnswer again by _received
+    if isinstance(result, Failure):
+        return storage_unavailable()  # the failure is logged here; its refusal crosses
+    if type(result) is tuple:
+        # No write function returns a plain tuple (they return records,
+        # numbers or None): one would be taken for a WriteAnswer.
+        Logger().error("a write returned a plain tuple of {n} items, which cannot cross", n=len(result))
+        return storage_unavailable()
+    return result
+
+
 def _answer(results: list[Any], seconds: float) -> bytes:
-    # A Failure (already logged here) does not cross: its refusal does.
-    sendable = [storage_unavailable() if isinstance(r, Failure) else r for r in results]
+    sendable = [_sendable(r) for r in results]
     try:
         return _frame((sendable, seconds))
     except Exception:
@@ -404,7 +466,7 @@ def main() -> None:
                     conn = engine.connect()
                 except Exception:
                     log.failure("writer cannot connect to the database")
-            batch = [Job(fn, args, None, None, render) for fn, args, render in jobs]
+            batch = [Job(_function(fn), args, None, None, _function(render)) for fn, args, render in jobs]
             results = run_batch(conn, batch) if conn is not None else [storage_unavailable()] * len(batch)
             seconds = time.perf_counter() - started
             if conn is not None and (conn.invalidated or conn.closed):
