@@ -80,11 +80,8 @@ def test_only_module_level_functions_cross_by_name() -> None:
     )
 
 
-def test_the_child_renders_what_it_committed(tmp_path: Path) -> None:
-    """The child itself, fed a frame through its socket: it runs the jobs
-    as one transaction, then each job's ``render`` on its result (a write
-    comes back as its answer line). A render that fails is answered
-    ``unavailable`` as stored, and costs the other jobs nothing."""
+def _child(tmp_path: Path) -> tuple[subprocess.Popen, socket.socket]:
+    """A writer process on a new database, and our end of its socket pair."""
     url = f"sqlite:///{tmp_path / 'child.db'}"
     migrate.upgrade(url)
     ours, theirs = socket.socketpair()
@@ -95,6 +92,44 @@ def test_the_child_renders_what_it_committed(tmp_path: Path) -> None:
         pass_fds=(CHILD_FD,),
     )
     theirs.close()
+    return child, ours
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads CPU time from /proc (Linux)")
+def test_the_child_looks_for_close_writes_then_sleeps(tmp_path: Path) -> None:
+    """Writes one after another keep the child looking for the next frame
+    instead of sleeping (each is taken and answered, in order); once they
+    stop it sleeps: a second without writes costs it next to no CPU."""
+    child, ours = _child(tmp_path)
+    try:
+        with ours.makefile("rb") as source:
+            ours.sendall(_jobs_frame([(q.create_stream_txn, ("r", 1), None)]))
+            _read_frame(source)
+            for n in range(50):
+                ours.sendall(_jobs_frame([(q.write_events_txn, ("r", [f'{{"n":{n}}}'], 2, None), None)]))
+                (written,), _seconds = _read_frame(source)
+                assert type(written) is Written and written.events[0].body == f'{{"n":{n}}}'
+            assert written.events[0].seq == 50
+            before = _cpu_seconds(child.pid)
+            time.sleep(1.0)
+            idle = _cpu_seconds(child.pid) - before
+    finally:
+        ours.close()
+        child.wait(30)
+    assert idle < 0.2, f"the child used {idle:.2f} s of CPU in a second without writes"
+
+
+def test_the_child_renders_what_it_committed(tmp_path: Path) -> None:
+    """The child itself, fed a frame through its socket: it runs the jobs
+    as one transaction, then each job's ``render`` on its result (a write
+    comes back as its answer line). A render that fails is answered
+    ``unavailable`` as stored, and costs the other jobs nothing."""
+    child, ours = _child(tmp_path)
     try:
         jobs = [
             (q.create_stream_txn, ("r", 1), None),

@@ -39,6 +39,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -84,6 +85,14 @@ MAX_BATCH = 512
 #: so a child that cannot start does not spin.
 RESTART_SECONDS = 0.1
 RESTART_MAX_SECONDS = 5.0
+#: How long the child keeps looking for its next frame before it sleeps in
+#: a read, when the last one came within that long of its answer (writes
+#: arriving one after another). Waking a process that sleeps costs this
+#: machine 40-80 us, and its caches, before it can start; one that is still
+#: looking starts at once: 1 x 1 writes p50 0.79 -> 0.69 ms, 64 x 1 x1.11.
+#: At each look it gives up its CPU to anything else that can run, and once
+#: writes stop coming close together it sleeps at once.
+SPIN_SECONDS = 0.0006
 #: The answer to the writes a child held when it died: it may have committed them.
 _ENDED = BusError("unavailable", "the writer stopped during this write; it may have been stored, retry")
 
@@ -430,6 +439,14 @@ def _answer(results: list[Any], seconds: float) -> bytes:
         return _frame(([storage_unavailable()] * len(results), seconds))
 
 
+def _spin(ready: select.poll, seconds: float) -> None:
+    """Until the next frame is there or ``seconds`` have passed, look for it
+    without sleeping, yielding the CPU between looks."""
+    deadline = time.perf_counter() + seconds
+    while not ready.poll(0) and time.perf_counter() < deadline:
+        os.sched_yield()
+
+
 def _read_frame(source: Any) -> Any:
     """The next message, or None at the end of input."""
     head = source.read(_LENGTH.size)
@@ -457,10 +474,23 @@ def main() -> None:
     log = Logger(namespace="eventbus.storage.writer")
     sock = socket.socket(fileno=CHILD_FD)
     source = sock.makefile("rb")
+    # Only one frame is out at a time (the server sends the next batch once
+    # it has these results), so nothing waits in the reader's buffer: the
+    # socket tells whether the next frame is there.
+    ready = select.poll()
+    ready.register(sock.fileno(), select.POLLIN)
+    answered = float("-inf")
+    spin = False
     conn = None
     try:
-        while (jobs := _read_frame(source)) is not None:
+        while True:
+            if spin:
+                _spin(ready, SPIN_SECONDS)
+            jobs = _read_frame(source)
+            if jobs is None:
+                break
             started = time.perf_counter()
+            spin = started - answered <= SPIN_SECONDS
             if conn is None:
                 try:
                     conn = engine.connect()
@@ -472,6 +502,7 @@ def main() -> None:
             if conn is not None and (conn.invalidated or conn.closed):
                 conn = None
             sock.sendall(_answer(rendered(batch, results), seconds))
+            answered = time.perf_counter()
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server is gone
     finally:
