@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.main import CONNECTION_LOST
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
@@ -377,17 +378,42 @@ def test_connection_lost_cancels_in_flight_and_writes_nothing_more() -> None:
 
 
 class SendingTransport(StringTransport):
-    """A StringTransport that, like a TCP transport, has ``doWrite`` (the
-    reactor's call when the socket can take data): counted, not sent."""
+    """A StringTransport with what the protocol sees of a TCP transport: a
+    buffer of what was written and not yet sent (its length in
+    ``_tempDataLen``, as Twisted keeps it), ``doWrite`` (the reactor's call
+    when the socket can take data: counted, and it empties the buffer) and
+    ``writeSomeData`` (a send on the socket: what it took is recorded in
+    ``direct``; ``take`` limits it, or makes it fail)."""
 
     TLS = False
 
     def __init__(self) -> None:
         super().__init__(peerAddress=PEER)
         self.sent_now = 0
+        self.direct: list[bytes] = []
+        self.take: int | Exception | None = None
+        self._tempDataLen = 0
+        self.dataBuffer = b""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if "_tempDataLen" in vars(self):
+            self._tempDataLen += len(data)
+
+    def writeSequence(self, seq: Any) -> None:
+        self.write(b"".join(seq))
 
     def doWrite(self) -> None:
         self.sent_now += 1
+        self._tempDataLen = 0
+
+    def writeSomeData(self, data: bytes) -> int | Exception:
+        if isinstance(self.take, Exception):
+            return self.take
+        n = len(data) if self.take is None else self.take
+        self.direct.append(data[:n])
+        self.io.write(data[:n])
+        return n
 
 
 def connect_sending(script: Script) -> tuple[BusProtocol, SendingTransport]:
@@ -398,14 +424,49 @@ def connect_sending(script: Script) -> tuple[BusProtocol, SendingTransport]:
     return proto, transport
 
 
-def test_the_answer_nothing_waits_behind_is_sent_at_once() -> None:
+def test_the_answer_nothing_waits_behind_goes_straight_to_the_socket() -> None:
+    """Not through Twisted's buffer, which would register the socket for
+    writing and then unregister it."""
+    script = Script()
+    proto, transport = connect_sending(script)
+    send(proto, b"write:a\n")
+    script.finish("a")
+    assert lines(transport) == done("a")
+    assert (len(transport.direct), transport._tempDataLen, transport.sent_now) == (1, 0, 0)
+
+
+def test_an_answer_behind_buffered_ones_is_sent_after_them() -> None:
     script = Script()
     proto, transport = connect_sending(script)
     send(proto, b"write:a\nwrite:b\n")
     script.finish("a")
     assert (lines(transport), transport.sent_now) == (done("a"), 0), "b still pending: the reactor sends a"
     script.finish("b")
-    assert (lines(transport), transport.sent_now) == (done("b"), 1)
+    # a is still in the buffer: b follows it there, and both are sent now.
+    assert (lines(transport), transport.sent_now, transport.direct) == (done("b"), 1, [])
+
+    proto, transport = connect_sending(script)
+    transport.dataBuffer = b"part of an earlier answer"  # taken from the list, not all sent
+    send(proto, b"write:c\n")
+    script.finish("c")
+    assert (lines(transport), transport.sent_now, transport.direct) == (done("c"), 1, [])
+
+
+def test_what_the_socket_does_not_take_is_buffered_in_order() -> None:
+    script = Script()
+    proto, transport = connect_sending(script)
+    transport.take = 5
+    send(proto, b"write:a\n")
+    script.finish("a")
+    assert lines(transport) == done("a")  # the first 5 bytes sent, then the rest
+    assert len(transport.direct[0]) == 5 and transport._tempDataLen > 0
+
+    proto, transport = connect_sending(script)
+    transport.take = CONNECTION_LOST  # the send failed: the reactor will meet it too
+    send(proto, b"write:b\n")
+    script.finish("b")
+    assert (lines(transport), transport.direct, transport.sent_now) == (done("b"), [], 0)
+    assert transport._tempDataLen > 0
 
 
 def test_answers_given_while_reading_wait_for_the_reactors_turn() -> None:
@@ -422,13 +483,24 @@ def test_no_send_at_once_on_a_closing_or_tls_transport() -> None:
     send(proto, b"read:a\n")
     transport.disconnecting = True  # loseConnection: the reactor finishes the close
     script.finish("a")
-    assert (lines(transport), transport.sent_now) == (done("a"), 0)
+    assert (lines(transport), transport.sent_now, transport.direct) == (done("a"), 0, [])
 
     proto, transport = connect_sending(script)
     transport.TLS = True  # TLS started on it: the TLS layer owns the sending
     send(proto, b"read:b\n")
     script.finish("b")
-    assert (lines(transport), transport.sent_now) == (done("b"), 0)
+    assert (lines(transport), transport.sent_now, transport.direct) == (done("b"), 0, [])
+
+
+def test_without_twisteds_buffer_in_view_the_answer_is_written_then_sent() -> None:
+    """A transport whose buffer the protocol cannot see (another Twisted):
+    written, then sent at once by ``doWrite``, never straight past it."""
+    script = Script()
+    proto, transport = connect_sending(script)
+    del transport._tempDataLen
+    send(proto, b"write:a\n")
+    script.finish("a")
+    assert (lines(transport), transport.sent_now, transport.direct) == (done("a"), 1, [])
 
 
 # -- exit and line_too_long close the connection -----------------------------------------------
