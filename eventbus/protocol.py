@@ -386,10 +386,12 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         if getattr(transport, "TLS", False) or transport.disconnecting or not hasattr(transport, "doWrite"):
             transport.writeSequence(out)
             return
-        # Twisted's buffer, seen through tcp.Connection's fields (Twisted is
-        # pinned in requirements.txt); where they are missing, the answer
-        # takes the slower way, never past what waits in the buffer.
-        if getattr(transport, "_tempDataLen", None) == 0 and not transport.dataBuffer and transport.connected:
+        # Twisted's buffer, seen through tcp.Connection's own fields (Twisted
+        # is pinned in requirements.txt); where they are missing, the answer
+        # takes the slower way, never past what waits in the buffer. Its own:
+        # a wrapper (TLS) forwards lookups to the TCP transport beneath it,
+        # whose socket must not be written to past the wrapper.
+        if vars(transport).get("_tempDataLen") == 0 and not transport.dataBuffer and transport.connected:
             data = out[0] if len(out) == 1 else b"".join(out)
             sent = transport.writeSomeData(data)
             if isinstance(sent, int):

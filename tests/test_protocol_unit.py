@@ -492,6 +492,36 @@ def test_no_send_at_once_on_a_closing_or_tls_transport() -> None:
     assert (lines(transport), transport.sent_now, transport.direct) == (done("b"), 0, [])
 
 
+class WrappingTransport:
+    """A wrapper around a TCP transport, as TLS is: it forwards what it does
+    not have to the transport beneath, and what is written to it goes
+    through it (here, marked)."""
+
+    def __init__(self, inner: SendingTransport) -> None:
+        self.inner = inner
+        self.disconnecting = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(b"(" + data + b")")
+
+    def writeSequence(self, seq: Any) -> None:
+        self.write(b"".join(seq))
+
+
+def test_an_answer_is_not_sent_past_a_wrapping_transport() -> None:
+    script = Script()
+    factory = BusFactory(script, Limits(), Clock())
+    proto = factory.buildProtocol(PEER)
+    inner = SendingTransport()
+    proto.makeConnection(WrappingTransport(inner))
+    send(proto, b"write:a\n")
+    script.finish("a")
+    assert inner.direct == [] and inner.value().startswith(b"(")
+
+
 def test_without_twisteds_buffer_in_view_the_answer_is_written_then_sent() -> None:
     """A transport whose buffer the protocol cannot see (another Twisted):
     written, then sent at once by ``doWrite``, never straight past it."""
