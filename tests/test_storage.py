@@ -359,8 +359,8 @@ AWKWARD_BODIES = [
 
 
 def test_a_group_commit_stores_every_body_exactly_as_written(engine: sa.Engine) -> None:
-    """One statement inserts the whole batch from one JSON text (SQLite):
-    every body comes back byte for byte, under the seq and id it was given."""
+    """One group commit of several writes (keyed and not): every body comes
+    back byte for byte, under the seq, id and time it was given."""
     hop = ThreadHop()
     writer = GroupCommitWriter(engine, hop)
     txn(engine, q.create_stream_txn, "j", T0, None, None)
@@ -384,18 +384,21 @@ def test_a_group_commit_stores_every_body_exactly_as_written(engine: sa.Engine) 
     assert again.duplicate and again.events[0].id == written[2].id, "the key was not stored"
 
 
-def test_a_batch_beyond_one_statements_size_is_inserted_in_parts(
+def test_a_batch_of_more_rows_than_a_statement_takes_is_inserted_in_order(
     engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(q, "_INSERT_JSON_MAX_CHARS", 300)
+    """SQLite inserts a group commit's rows a chunk per statement: across
+    chunks every row keeps its place, seq, id and body."""
+    monkeypatch.setattr(q, "_INSERT_CHUNK", 3)
     statements: list[int] = []
-    real = q._insert_json_rows
+    real = q._INSERT_ROWS_SQL
 
-    def counted(cursor: Any, first: int, rows: list[tuple]) -> None:
-        statements.append(len(rows))
-        real(cursor, first, rows)
+    class Counted(dict):
+        def __getitem__(self, n: int) -> str:
+            statements.append(n)
+            return real[n]
 
-    monkeypatch.setattr(q, "_insert_json_rows", counted)
+    monkeypatch.setattr(q, "_INSERT_ROWS_SQL", Counted())
     txn(engine, q.create_stream_txn, "p", T0, None, None)
     sent = [f'"{n:03}{"x" * 40}"' for n in range(20)]
     written = txn(engine, q.write_events_txn, "p", sent, T0)
@@ -403,7 +406,7 @@ def test_a_batch_beyond_one_statements_size_is_inserted_in_parts(
     assert [e.body for e in stored] == sent
     assert [(e.seq, e.id) for e in stored] == [(e.seq, e.id) for e in written.events]
     assert [e.seq for e in stored] == list(range(stored[0].seq, stored[0].seq + 20))
-    assert len(statements) > 3, "one statement held it all: the limit was not applied"
+    assert statements == [3] * 6 + [2]
 
 
 def test_the_commit_hook_runs_even_when_the_caller_left(engine: sa.Engine) -> None:

@@ -53,23 +53,24 @@ _EVENT_COLS = (
 )
 _SELECT_STREAM = sa.select(*_STREAM_COLS).where(streams.c.name == sa.bindparam("name"))
 _INSERT_EVENTS = sa.insert(events).returning(events.c.seq, sort_by_parameter_order=True)
-# SQLite's fast path (_insert_events): every row of a group commit in one
-# statement, as one JSON array of [id, stream_sid, created_at, body, idem_key]
-# and the first seq (seq = first + the row's index). The driver lets go of the
-# GIL around each statement it steps, and the writer waits for the reactor
-# thread to hand it back each time: one statement instead of one per few rows
-# made the 64 x 16 write load 1.19 times as fast (bench.compare). The rows'
-# other columns take their values for a new event: status UNPROCESSED, no
-# deliveries.
-_INSERT_JSON_ROWS_SQL = (
-    "INSERT INTO events (seq, id, stream_sid, status, created_at, body, deliveries, idem_key)"
-    f" SELECT ? + key, value ->> 0, value ->> 1, {UNPROCESSED}, value ->> 2, value ->> 3, 0, value ->> 4"
-    " FROM json_each(?)"
-)
-# The JSON of one statement at most, in characters (SQLite refuses a value
-# longer than SQLITE_MAX_LENGTH, 10**9 bytes by default; a character is at
-# most 4 bytes): a group commit of many large events takes a few statements.
-_INSERT_JSON_MAX_CHARS = 64 * 1024 * 1024
+# SQLite's fast path (_insert_events): a group commit's rows in multi-row
+# INSERT ... VALUES statements of up to _INSERT_CHUNK rows each, every value
+# bound as a parameter, through the driver's own cursor; the statement for
+# each row count is prepared once and kept in the driver's statement cache.
+# Reading all rows from one JSON array with json_each instead (one statement
+# for the whole commit) took twice as long per row at 512-800 rows: SQLite
+# 3.40 parses each row's array again for each value read from it. (That one
+# statement had been the better choice when the writer was a thread, which
+# waited for the reactor thread's GIL after every statement.) The rows' other
+# columns take their values for a new event: status UNPROCESSED, no deliveries.
+_INSERT_CHUNK = 64
+_INSERT_ROW_VALUES = f"(?, ?, ?, {UNPROCESSED}, ?, ?, 0, ?)"
+_INSERT_ROW_PARAMS = 6  # seq, id, stream_sid, created_at, body, idem_key
+_INSERT_ROWS_SQL = {
+    n: "INSERT INTO events (seq, id, stream_sid, status, created_at, body, deliveries, idem_key) VALUES "
+    + ", ".join([_INSERT_ROW_VALUES] * n)
+    for n in range(1, _INSERT_CHUNK + 1)
+}
 # The highest seq ever handed out (events is AUTOINCREMENT: never reused).
 _LAST_SEQ_SQL = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 _STREAM_BY_NAME_SQL = str(_SELECT_STREAM.compile(dialect=sqlite.dialect()))
@@ -316,21 +317,28 @@ def _insert_events(
 
     SQLite: the writer holds the write lock (BEGIN IMMEDIATE), so it
     allocates seq itself, from the highest ever handed out, as SQLite's
-    AUTOINCREMENT would, and inserts all the rows in one statement (see
-    ``_INSERT_JSON_ROWS_SQL``) through the driver's own cursor (see
+    AUTOINCREMENT would, and inserts the rows a chunk per statement (see
+    ``_INSERT_ROWS_SQL``) through the driver's own cursor (see
     :func:`_driver`): no RETURNING, no SQLAlchemy work per row.
     Other databases: the generic INSERT ... RETURNING, in parameter order.
     """
     next_id = iter(ids).__next__
-    rows = [
-        (next_id(), stream.sid, now, body, key) for _, stream, now, bodies, key in accepted for body in bodies
-    ]
     if conn.dialect.name == "sqlite":
         cursor = _driver(conn)
         last = cursor.execute(_LAST_SEQ_SQL).fetchone()
         first = (last[0] if last else 0) + 1
-        _insert_json_rows(cursor, first, rows)
-        return range(first, first + len(rows))
+        values: list[Any] = []
+        seq = first
+        for _, stream, now, bodies, key in accepted:
+            sid = stream.sid
+            for body in bodies:
+                values += (seq, next_id(), sid, now, body, key)
+                seq += 1
+        _insert_rows(cursor, values)
+        return range(first, seq)
+    rows = [
+        (next_id(), stream.sid, now, body, key) for _, stream, now, bodies, key in accepted for body in bodies
+    ]
     params = [
         {
             "id": eid,
@@ -346,16 +354,13 @@ def _insert_events(
     return conn.execute(_INSERT_EVENTS, params).scalars().all()
 
 
-def _insert_json_rows(cursor: Any, first: int, rows: list[tuple]) -> None:
-    """Insert ``rows`` from seq ``first`` on: in one statement, or halves of
-    them when their JSON is beyond ``_INSERT_JSON_MAX_CHARS``."""
-    text = _json_array(rows)
-    if len(text) > _INSERT_JSON_MAX_CHARS and len(rows) > 1:
-        half = len(rows) // 2
-        _insert_json_rows(cursor, first, rows[:half])
-        _insert_json_rows(cursor, first + half, rows[half:])
-        return
-    cursor.execute(_INSERT_JSON_ROWS_SQL, (first, text))
+def _insert_rows(cursor: Any, values: list[Any]) -> None:
+    """Insert rows given as one flat list of their ``_INSERT_ROW_PARAMS``
+    values each, ``_INSERT_CHUNK`` rows per statement."""
+    step = _INSERT_CHUNK * _INSERT_ROW_PARAMS
+    for i in range(0, len(values), step):
+        chunk = values[i : i + step]
+        cursor.execute(_INSERT_ROWS_SQL[len(chunk) // _INSERT_ROW_PARAMS], chunk)
 
 
 def _live_keyed_event(conn: sa.Connection, stream: Stream, key: str, now: int) -> Event | None:
