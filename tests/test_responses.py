@@ -49,15 +49,18 @@ def test_written_one_line_is_the_generic_answer(body: object, seq: int) -> None:
 
 
 def test_written_line_is_the_generic_answer() -> None:
+    # Runs of events that share their stream, status, time and deliveries,
+    # and some that do not (a stream id with a % sign in it too).
+    streams = ["6ec3d84f-5023-4a16-a43f-3668abf2128c", "100%-sure-%s-%d"]
     events = [
         Event(
             100 + n,
             f"01a2289f-af40-7454-a111-{n:012x}",
-            "6ec3d84f-5023-4a16-a43f-3668abf2128c",
-            0,
-            T + (n // 3),  # some share their time, some do not
+            streams[n // 4 % 2],
+            n // 7 % 2,
+            T + (n // 3),
             orjson.dumps(body).decode("utf-8"),
-            0,
+            n // 5 % 3,
             None,
             None,
         )
