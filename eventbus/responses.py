@@ -48,7 +48,7 @@ def event_json(event: Event, leased: bool = False) -> dict[str, Any]:
 # ASCII; the body is already compact JSON text. The fields the events of one
 # write share (stream, status, time, deliveries) go into a template once;
 # each event then fills in its id, body and seq (a write_events of 100:
-# 0.4 us an event instead of 1.0).
+# 0.5 us an event instead of 1.0).
 _EVENT_TEMPLATE = (
     '{"id":"%%s","stream_id":"%s","status":%d,"created_at":"%s","body":%%s,"seq":%%d,"deliveries":%d}'
 )
