@@ -378,9 +378,10 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         plain TCP transport still open. When nothing of ours waits in its
         buffer, straight to the socket: handed to ``write`` first, it would
         register the socket for writing and, once sent, unregister it, two
-        system calls per answer (64 x 1 x1.27). What the socket does not take, and all of it
-        if the send fails, goes to ``write``: the reactor sends the rest, or
-        meets the failure on its next turn as it would have anyway.
+        system calls per answer (64 x 1 x1.27). What the socket does not
+        take, and all of it if the send fails, goes to ``write``: the
+        reactor sends the rest, or meets the failure on its next turn as it
+        would have anyway.
         """
         transport = self.transport
         if getattr(transport, "TLS", False) or transport.disconnecting or not hasattr(transport, "doWrite"):
