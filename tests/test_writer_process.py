@@ -15,16 +15,27 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 
 from eventbus import errors
 from eventbus.records import Event, Stream, WriteAnswer, Written
 from eventbus.responses import write_event_answer
 from eventbus.storage import migrate
 from eventbus.storage import queries as q
-from eventbus.storage.writer_process import CHILD_FD, MAX_BATCH, _answer, _jobs_frame, _read_frame, _received
+from eventbus.storage.writer_process import (
+    ANSWER_SPIN_SECONDS,
+    CHILD_FD,
+    MAX_BATCH,
+    ProcessWriter,
+    _answer,
+    _jobs_frame,
+    _read_frame,
+    _received,
+)
 from tests.busclient import DEFAULT_AUTH, LineClient
 from tests.hardening_support import wait_for
 from tests.servers import ServerProcess, alive, children
@@ -122,6 +133,68 @@ def test_the_child_looks_for_close_writes_then_sleeps(tmp_path: Path) -> None:
         ours.close()
         child.wait(30)
     assert idle < 0.2, f"the child used {idle:.2f} s of CPU in a second without writes"
+
+
+def _writer_on_a_clock() -> tuple[ProcessWriter, Clock, list[bytes], list[Any]]:
+    """A ProcessWriter on a Clock, its child a stand-in that keeps the
+    frames sent to it; and the replies its jobs got."""
+    clock = Clock()
+    writer = ProcessWriter("sqlite:///unused.db", clock, 5000)
+    frames: list[bytes] = []
+    writer._child = SimpleNamespace(channel=SimpleNamespace(send=frames.append))  # type: ignore[assignment]
+    return writer, clock, frames, []
+
+
+def _turn(clock: Clock) -> int:
+    """One turn of the reactor: the calls due now run (not those they add,
+    which the next turn runs); how many ran."""
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+    return len(due)
+
+
+def _write(writer: ProcessWriter, replies: list[Any], n: int) -> None:
+    writer.submit_then(q.write_events_txn, ("s", [f'{{"n":{n}}}'], 1, None), replies.append)
+
+
+def test_the_reactor_looks_for_a_lone_writes_answer_until_it_comes() -> None:
+    """A batch of one write: every turn of the reactor after it is sent has
+    a call due at once (so the reactor polls without sleeping) until the
+    answer is in; then none is left."""
+    writer, clock, frames, replies = _writer_on_a_clock()
+    _write(writer, replies, 1)
+    assert _turn(clock) == 1 and len(frames) == 1  # sent at the end of the turn
+    for _ in range(5):
+        assert _turn(clock) == 1  # looked, and will look again
+    writer._results(([None], 0.001))
+    assert replies == [None]
+    assert _turn(clock) == 1  # the look that finds the answer in
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_reactor_stops_looking_after_its_time() -> None:
+    """An answer slower than ANSWER_SPIN_SECONDS is waited for asleep."""
+    writer, clock, frames, replies = _writer_on_a_clock()
+    _write(writer, replies, 1)
+    _turn(clock)
+    assert _turn(clock) == 1
+    clock.rightNow += ANSWER_SPIN_SECONDS * 1.01
+    assert _turn(clock) == 1
+    assert clock.getDelayedCalls() == [] and len(frames) == 1 and replies == []
+
+
+def test_the_reactor_does_not_look_for_a_batch_of_several() -> None:
+    """Writes that arrive together go as one batch, and the reactor, with
+    their clients to serve, sleeps until the answer comes."""
+    writer, clock, frames, replies = _writer_on_a_clock()
+    _write(writer, replies, 1)
+    _write(writer, replies, 2)
+    assert _turn(clock) == 1 and len(frames) == 1
+    assert len(pickle.loads(frames[0][4:])) == 2
+    assert clock.getDelayedCalls() == []
 
 
 def test_the_child_renders_what_it_committed(tmp_path: Path) -> None:
