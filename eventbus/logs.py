@@ -1,50 +1,97 @@
-"""``--log-format json``: one JSON object per line, for log shippers.
+"""The server's log: the configured level, and ``--log-format json``.
 
-Each line carries ``time`` (RFC 3339, UTC), ``level``, ``namespace``,
+twistd builds its log observer itself, after the plugin's options are
+parsed; :func:`use_logs` therefore points twistd's ``--logger`` option at
+:func:`observer`, which writes where twistd would have written (stdout with
+``-n``, else ``--logfile``, else ``twistd.log``, reopened on SIGUSR1 as
+twistd does), text as twistd writes it or one JSON object per line, and
+leaves out events below the config's ``logger.level``. An operator's own
+``--logger`` or ``--syslog`` wins, level and all.
+
+A JSON line carries ``time`` (RFC 3339, UTC), ``level``, ``namespace``,
 ``message`` (the formatted text, as the text log would show it), the event's
 own structured fields (``stream``, ``operation``, ``peer``...; values JSON
 cannot hold are written as their ``repr``), and for a logged failure its
 ``error`` and ``traceback``.
-
-twistd builds its log observer itself, after the plugin's options are
-parsed; :func:`use_json_logs` therefore points twistd's ``--logger`` option
-at :func:`json_observer`, which writes where twistd would have written text
-(stdout with ``-n``, else ``--logfile``, else ``twistd.log``).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
-from twisted.logger import ILogObserver, formatEvent
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LogLevel,
+    PredicateResult,
+    formatEvent,
+    textFileLogObserver,
+)
 from twisted.python import logfile
 from zope.interface import implementer
 
-_target: dict[str, Any] = {"logfile": "-", "nodaemon": True}
+_target: dict[str, Any] = {"logfile": "-", "nodaemon": True, "format": "text", "level": "info"}
 _SKIP = frozenset({"message", "format", "isError", "time", "system", "why", "failure"})
 
 
-def use_json_logs(twistd_options: Any) -> None:
-    """Have twistd log JSON lines (call from the plugin's postOptions)."""
-    if twistd_options is None or twistd_options.get("logger"):
-        return  # not under twistd, or the operator chose a logger already
-    _target["logfile"] = twistd_options.get("logfile")
-    _target["nodaemon"] = bool(twistd_options.get("nodaemon"))
-    twistd_options["logger"] = "eventbus.logs.json_observer"
+def use_logs(twistd_options: Any, log_format: str, level: str) -> None:
+    """Have twistd log through :func:`observer`, in ``log_format`` ("text"
+    or "json"), from ``level`` up (call from the plugin's postOptions)."""
+    if twistd_options is None or twistd_options.get("logger") or twistd_options.get("syslog"):
+        return  # not under twistd, or the operator chose where logs go
+    _target.update(
+        logfile=twistd_options.get("logfile"),
+        nodaemon=bool(twistd_options.get("nodaemon")),
+        format=log_format,
+        level=level,
+    )
+    twistd_options["logger"] = "eventbus.logs.observer"
 
 
-def json_observer() -> JSONLinesObserver:
+def observer() -> ILogObserver:
     """The observer factory twistd's ``--logger`` calls."""
+    out = _log_file()
+    inner = JSONLinesObserver(out) if _target["format"] == "json" else textFileLogObserver(out)
+    # The config takes "warning" too (eventbus.config); Twisted calls it "warn".
+    level = LogLevel.levelWithName("warn" if _target["level"] == "warning" else _target["level"])
+    return FilteringLogObserver(inner, [AtLeast(level)])
+
+
+def _log_file() -> IO[str]:
+    """Where twistd itself would have written its log."""
     name = _target.get("logfile")
-    out: IO[str]
+    if name == "-" and not _target.get("nodaemon"):
+        sys.exit("Daemons cannot log to stdout, exiting!")  # as twistd says it
     if name == "-" or (not name and _target.get("nodaemon")):
-        out = sys.stdout
-    else:
-        out = logfile.LogFile.fromFullPath(name or "twistd.log")
-    return JSONLinesObserver(out)
+        return sys.stdout
+    out = logfile.LogFile.fromFullPath(name or "twistd.log")
+    if not signal.getsignal(signal.SIGUSR1):
+        # As twistd: SIGUSR1 starts a new file (log rotation tools send it).
+        signal.signal(signal.SIGUSR1, lambda _signum, _frame: _rotate(out))
+    return out
+
+
+def _rotate(out: logfile.LogFile) -> None:
+    from twisted.internet import reactor
+
+    reactor.callFromThread(out.rotate)
+
+
+@implementer(ILogFilterPredicate)
+class AtLeast:
+    """Leaves out events below ``level``; keeps those that carry none."""
+
+    def __init__(self, level: Any) -> None:
+        self.level = level
+
+    def __call__(self, event: dict[str, Any]) -> Any:
+        level = event.get("log_level")
+        return PredicateResult.no if level is not None and level < self.level else PredicateResult.maybe
 
 
 @implementer(ILogObserver)

@@ -50,10 +50,9 @@ class Options(usage.Options):
     def _observability(self) -> None:
         if self["log-format"] not in ("text", "json"):
             _stop(f"--log-format {self['log-format']!r}: must be text or json")
-        if self["log-format"] == "json":
-            from eventbus.logs import use_json_logs
+        from eventbus.logs import use_logs
 
-            use_json_logs(self.parent)
+        use_logs(self.parent, self["log-format"], self.bus_config.log_level)
         if self["admin"]:
             from eventbus.admin import admin_endpoint
 

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -322,6 +323,80 @@ def test_config_server_section_is_used_without_options(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+# -- the log's level -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _connected(port: int) -> LineClient | None:
+    try:
+        return LineClient(port)
+    except ConnectionRefusedError:
+        return None
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_configured_log_level_leaves_out_lower_levels(tmp_path: Path, log_format: str) -> None:
+    """``logger.level: warn``: the warning about a client's unknown operation
+    is written; the info lines (listening, the shutdown) are not. (At the
+    default, info, they are: every server the tests start is found by its
+    'starting on' line.)"""
+    port = _free_port()  # the line that would name it is left out
+    config = tmp_path / "config.yaml"
+    odd = {"client_id": "odd", "client_secret": "s", "operations": ["list_streams", "no_such_operation"]}
+    server = {"listen": f"tcp:{port}:interface=127.0.0.1", "database": f"sqlite:///{tmp_path / 'x.db'}"}
+    config.write_text(
+        yaml.safe_dump({"logger": {"level": "warn"}, "auth": {**TEST_CLIENTS, "odd": odd}, "server": server})
+    )
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "--logfile=-",
+                "eventbus",
+                "--config",
+                str(config),
+                "--log-format",
+                log_format,
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with wait_for(lambda: _connected(port), "the server to listen") as c:
+            assert c.call("create_stream", {"stream_name": "quiet"})["stream"]["name"] == "quiet"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    text = log.read_text()
+    assert "client odd: no such operations: no_such_operation" in text
+    for info in ("starting on", "shutdown: all requests answered", "database closed"):
+        assert info not in text, text
+    if log_format == "json":
+        levels = {json.loads(line)["level"] for line in text.splitlines() if line.strip()}
+        assert levels == {"warn"}
+
+
+def test_the_level_filter_keeps_events_that_carry_no_level() -> None:
+    from twisted.logger import LogLevel, PredicateResult
+
+    from eventbus.logs import AtLeast
+
+    warn = AtLeast(LogLevel.warn)
+    assert warn({"log_level": LogLevel.info}) is PredicateResult.no
+    assert warn({"log_level": LogLevel.warn}) is PredicateResult.maybe
+    assert warn({"log_level": LogLevel.critical}) is PredicateResult.maybe
+    assert warn({"log_format": "no level"}) is PredicateResult.maybe
 
 
 # -- daemon mode -----------------------------------------------------------------------------
