@@ -241,6 +241,26 @@ def sqlite_server(tmp_path: Path) -> Any:
     server.stop()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads CPU time from /proc (Linux)")
+def test_the_server_sleeps_once_lone_writes_stop(sqlite_server: ServerProcess) -> None:
+    """Lone writes, one after another, each answered; then a second without
+    writes costs the server (and its writer process) next to no CPU: the
+    reactor looked for each answer only while it was due."""
+    server_pid = sqlite_server.proc.pid  # type: ignore[union-attr]
+    with LineClient(sqlite_server.port) as c:
+        c.call("create_stream", {"stream_name": "lone"})
+        for n in range(50):
+            assert c.call("write_event", {"stream_name": "lone", "event": {"n": n}})["event"]["body"] == {
+                "n": n
+            }
+        time.sleep(0.2)  # the last looks end
+        pids = (server_pid, sqlite_server.writer_pid())
+        before = sum(_cpu_seconds(pid) for pid in pids)
+        time.sleep(1.0)
+        idle = sum(_cpu_seconds(pid) for pid in pids) - before
+    assert idle < 0.2, f"the server used {idle:.2f} s of CPU in a second without writes"
+
+
 def test_writes_run_in_the_writer_process(sqlite_server: ServerProcess) -> None:
     """The child holds the database's writer connection: while it is
     stopped (SIGSTOP), a write waits; once it runs again, the write is done."""
