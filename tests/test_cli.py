@@ -282,6 +282,33 @@ def test_tail_follows_new_events(env: dict[str, str], stream_name: str) -> None:
     assert from_start.returncode == EXIT_OK and len(from_start.stdout.splitlines()) == 7
 
 
+def test_tail_counts_back_past_one_page(tmp_path: Path) -> None:
+    """``tail -n N`` with N more than the server sends in one page (its
+    max_page, here 3), or than one request may ask for (10,000): it still
+    starts N events from the end."""
+    small = ServerProcess(tmp_path / "small-pages", server={"max_page": 3}).start()
+    try:
+        env = {
+            "EVENTBUS_ADDRESS": f"127.0.0.1:{small.port}",
+            "EVENTBUS_CLIENT_ID": CREDS["client_id"],
+            "EVENTBUS_CLIENT_SECRET": CREDS["client_secret"],
+            "HOME": str(tmp_path),
+        }
+        run(env, "create", "pages")
+        run(env, "create", "noise")
+        for n in range(12):  # interleaved with another stream: seqs have gaps
+            assert run(env, "write", "pages", str(n)).code == EXIT_OK
+            run(env, "write", "noise", "0")
+        last5 = run(env, "tail", "pages", "-n", "5", "--count", "5", "--json")
+        assert last5.code == EXIT_OK, last5.err
+        assert [json.loads(line)["body"] for line in last5.out.splitlines()] == [7, 8, 9, 10, 11]
+        every = run(env, "tail", "pages", "-n", "20000", "--count", "12", "--json")
+        assert every.code == EXIT_OK, every.err
+        assert [json.loads(line)["body"] for line in every.out.splitlines()] == list(range(12))
+    finally:
+        small.stop()
+
+
 def test_progress_bar_only_on_a_terminal(env: dict[str, str], stream_name: str, tmp_path: Path) -> None:
     run(env, "create", stream_name)
     source = tmp_path / "events.jsonl"

@@ -489,19 +489,39 @@ def _last_seq(ctx: Context, stream: str) -> int | None:
     return hi
 
 
+#: The most events one get_stream_events may ask for (PROTOCOL.md: limit 1 to 10,000).
+_MAX_LIMIT = 10_000
+
+
 def _tail_start(ctx: Context, stream: str, n: int) -> int:
     """after_seq from which the last ``n`` events follow."""
     last = _last_seq(ctx, stream)
     if last is None or n <= 0:
         return last or 0
-    lo, hi = 0, last  # fewest-but-at-least... : smallest after_seq with <= n events after it
+    lo, hi = 0, last  # the smallest after_seq with at most n events after it
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if len(ctx.client.get_stream_events(ctx.args.stream, limit=n + 1, after_seq=mid).events) > n:
+        if _more_than(ctx, stream, n, mid):
             lo = mid
         else:
             hi = mid
-    return lo if len(ctx.client.get_stream_events(stream, limit=n + 1, after_seq=lo).events) <= n else hi
+    return hi if _more_than(ctx, stream, n, lo) else lo
+
+
+def _more_than(ctx: Context, stream: str, n: int, after_seq: int) -> bool:
+    """Are there more than ``n`` events after ``after_seq``? Counted a page at
+    a time: a request asks for 10,000 at most, and a server may send fewer
+    than asked (its ``max_page``), saying where the next page starts."""
+    seen = 0
+    next_after: int | None = after_seq
+    while next_after is not None:
+        limit = min(n + 1 - seen, _MAX_LIMIT)
+        page = ctx.client.get_stream_events(stream, limit=limit, after_seq=next_after)
+        seen += len(page.events)
+        if seen > n:
+            return True
+        next_after = page.next_after_seq
+    return False
 
 
 def cmd_tail(ctx: Context) -> int:
