@@ -236,14 +236,13 @@ class BusProtocol(LineReceiver, TimeoutMixin):
     # -- slowing down auth failures ------------------------------------------
 
     def _auth_delay(self, request: Request) -> float:
-        throttle = self.factory.throttle
-        if request.code != "unauthorized" or throttle is None:
+        """The delay for this answer; every auth failure is logged, the
+        first ones from an address too (a slow guesser leaves a trace)."""
+        if request.code != "unauthorized":
             return 0.0
-        delay = throttle.failed(self._peer)
-        if delay > 0:
-            self.log.info(
-                "auth failure from {peer}: answer delayed {delay:.1f}s", peer=self._peer, delay=delay
-            )
+        throttle = self.factory.throttle
+        delay = throttle.failed(self._peer) if throttle is not None else 0.0
+        self.log.info("auth failure from {peer}: answer delayed {delay:.1f}s", peer=self._peer, delay=delay)
         return delay
 
     def _answer_later(self, slot: _Slot, line: bytes, delay: float) -> None:

@@ -4,6 +4,7 @@ repeated failures, access control per client, TLS, and what the log keeps."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import statistics
@@ -364,7 +365,11 @@ def test_repeated_failures_from_one_address_are_slowed_down(tmp_path: Path) -> N
                 attacker.sock.recv(1)  # not answered yet
             attacker.sock.setblocking(True)
             assert attacker.read()["code"] == "unauthorized"
-        assert "guess" not in server.log_text()
+        log = server.log_text()
+        assert "guess" not in log
+        # Every failure is logged, the first three (not delayed) too.
+        delays = re.findall(r"auth failure from 127\.0\.0\.1: answer delayed (\d+\.\d)s", log)
+        assert delays == ["0.0", "0.0", "0.0", "0.1", "0.2", "0.4", "0.8", "1.6"]
     finally:
         server.stop()
 
