@@ -82,6 +82,14 @@ def line_too_long(limit: int) -> BusError:
     return BusError("line_too_long", f"request line longer than {limit} bytes")
 
 
+class OutcomeUnknown(Exception):
+    """A change the server cannot say was made or not (the SQLite writer
+    process died holding it). Not answered ``unavailable``, which promises
+    that nothing was changed: the request's connection is closed instead,
+    after the answers before it, as a crash would close it, and the client
+    knows its outcome is unknown."""
+
+
 def unavailable(
     reason: str = "the server cannot serve this request now; nothing was changed, retry",
 ) -> BusError:

@@ -34,6 +34,7 @@ from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.defer import Deferred
 
 from eventbus.records import STATUS_NAMES, WriteAnswer
+from eventbus.responses import Unanswered
 
 #: Request latencies: sub-millisecond reads up to 30 s long polls.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -195,6 +196,8 @@ def _forget(gauge: Gauge, *labels: str) -> None:
 def outcome_of(line: bytes) -> str:
     """``ok``, or the error code, of a response line (cheaply: success lines,
     possibly megabytes of events, are not parsed)."""
+    if isinstance(line, Unanswered):
+        return "unanswered"
     head = line[:300]
     at = head.find(b'"status":')
     if at >= 0 and head.startswith(b"true", at + 9):

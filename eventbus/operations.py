@@ -30,6 +30,7 @@ from eventbus.errors import BusError
 from eventbus.interfaces import IAuthenticator, IDispatcher, IEvents, IStreams
 from eventbus.records import DEAD, RETRY, UNPROCESSED, WriteAnswer
 from eventbus.responses import (
+    UNANSWERED,
     error_line,
     ok_line,
     page_json,
@@ -597,6 +598,8 @@ def _ok(body: Any, operation: str) -> bytes:
 def _failed(failure: Failure, operation: str) -> bytes:
     if failure.check(BusError):
         return error_line(operation, failure.value)
+    if failure.check(errors.OutcomeUnknown):
+        return UNANSWERED
     if failure.check(CancelledError):
         return error_line(operation, errors.unavailable("request cancelled"))
     log.failure("operation {operation} failed", failure, operation=operation)

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from eventbus import errors
 from eventbus.auth import AuthMemo, FailureThrottle
 from eventbus.operations import Dispatcher, Request, answered
-from eventbus.responses import error_line
+from eventbus.responses import Unanswered, error_line
 
 # Pause reasons: a paused connection reads nothing until all are gone.
 _OUTPUT, _PENDING, _SHUTDOWN = "output", "pending", "shutdown"
@@ -315,6 +315,8 @@ class BusProtocol(LineReceiver, TimeoutMixin):
         if d is not None:
             self._inflight.discard(d)
         if not self._lost:
+            if isinstance(line, Unanswered):
+                slot.closes = True  # after the answers before it (errors.OutcomeUnknown)
             slot.line = line
             self._running -= 1
             self._start_blocked()

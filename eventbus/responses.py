@@ -16,6 +16,15 @@ from eventbus.errors import BusError
 from eventbus.records import Event, Page, Stream, WriteAnswer, Written
 
 
+class Unanswered(bytes):
+    """The "answer" of a request whose outcome is unknown
+    (:class:`~eventbus.errors.OutcomeUnknown`): nothing is sent for it, and
+    its connection closes once the answers before it are sent."""
+
+
+UNANSWERED = Unanswered()
+
+
 def stream_json(stream: Stream) -> dict[str, Any]:
     out: dict[str, Any] = {"id": stream.id, "name": stream.name, "created_at": rfc3339(stream.created_at)}
     if stream.max_deliveries is not None:

@@ -274,6 +274,18 @@ def test_bad_options_stop_start_up(tmp_path: Path) -> None:
             proc.start(timeout=20)
 
 
+def test_outcomes_counted_by_the_metrics() -> None:
+    """ok, the error code, or ``unanswered`` (a write whose outcome is
+    unknown: its connection is closed, nothing sent for it)."""
+    from eventbus.metrics import outcome_of
+    from eventbus.responses import UNANSWERED
+
+    assert outcome_of(b'{"operation":"health","status":true}') == "ok"
+    assert outcome_of(b'{"operation":"x","status":false,"code":"unavailable","reason":"r"}') == "unavailable"
+    assert outcome_of(UNANSWERED) == "unanswered"
+    assert outcome_of(b"") == "unknown"
+
+
 def test_metered_dispatcher_counts_answering_requests_however_they_answer() -> None:
     """A write answers later through its callback, or refuses at once with a
     line: the metrics count both."""

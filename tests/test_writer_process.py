@@ -343,8 +343,10 @@ def test_more_writes_than_one_batch_holds_are_all_answered_in_order(sqlite_serve
 
 def test_a_writer_process_that_dies_is_replaced(sqlite_server: ServerProcess) -> None:
     """kill -9 of the child under concurrent writes: every write is
-    answered (ok, or unavailable while no child runs), every acknowledged
-    one is stored, the server stays up and a new child takes over."""
+    answered (ok, or unavailable while no child runs) or, if the child held
+    it, its connection is closed unanswered (its outcome unknown); every
+    acknowledged one is stored, the server stays up and a new child takes
+    over."""
     server = sqlite_server
     first = server.writer_pid()
     with LineClient(server.port) as c:
@@ -355,18 +357,29 @@ def test_a_writer_process_that_dies_is_replaced(sqlite_server: ServerProcess) ->
     stop = threading.Event()
 
     def write(worker: int) -> None:
+        n = 0
         try:
-            with LineClient(server.port, timeout=30) as c:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    tag = worker * 1_000_000 + n
-                    answer = c.request("write_event", {"stream_name": "k", "event": {"tag": tag}})
-                    with lock:
-                        if answer["status"]:
-                            acknowledged.append(tag)
-                        elif answer["code"] != "unavailable":
-                            unexpected.append(answer)
+            while not stop.is_set():
+                with LineClient(server.port, timeout=30) as c:
+                    while not stop.is_set():
+                        n += 1
+                        tag = worker * 1_000_000 + n
+                        c.send(
+                            {
+                                "operation": "write_event",
+                                "auth": DEFAULT_AUTH,
+                                "body": {"stream_name": "k", "event": {"tag": tag}},
+                            }
+                        )
+                        try:
+                            answer = c.read()
+                        except ConnectionError:
+                            break  # held by the child that died: a new connection
+                        with lock:
+                            if answer["status"]:
+                                acknowledged.append(tag)
+                            elif answer["code"] != "unavailable":
+                                unexpected.append(answer)
         except Exception as e:  # reported by the test below
             unexpected.append(e)
 
@@ -391,6 +404,36 @@ def test_a_writer_process_that_dies_is_replaced(sqlite_server: ServerProcess) ->
     stored = [e["body"]["tag"] for e in all_events(server.port, "k")]
     assert len(stored) == len(set(stored))  # none twice
     assert set(acknowledged) <= set(stored)  # none acknowledged lost
+
+
+def test_a_write_the_dying_child_held_is_not_answered(sqlite_server: ServerProcess) -> None:
+    """``unavailable`` promises that nothing was changed, and a write the
+    child held when it died may have been committed: its connection is
+    closed instead, after the answers before it, as a crash would close it.
+    A write queued behind it, never sent to the child, is answered
+    ``unavailable`` on a connection that stays open."""
+    server = sqlite_server
+    child = server.writer_pid()
+    with LineClient(server.port) as held, LineClient(server.port) as queued:
+        held.call("create_stream", {"stream_name": "d"})
+        os.kill(child, signal.SIGSTOP)
+        try:
+            held.send(
+                {"operation": "write_event", "auth": DEFAULT_AUTH, "body": {"stream_name": "d", "event": 1}}
+            )
+            held.send({"operation": "health"})  # pipelined behind the write
+            time.sleep(0.3)  # the write is with the child
+            queued.send(
+                {"operation": "write_event", "auth": DEFAULT_AUTH, "body": {"stream_name": "d", "event": 2}}
+            )
+            time.sleep(0.3)
+        finally:
+            os.kill(child, signal.SIGKILL)
+        assert queued.read()["code"] == "unavailable"
+        assert held.is_closed(10) and held.buffer == b""  # no answer to either
+        assert wait_for(lambda: server.writer_pid() != child, 30)
+        assert queued.request("write_event", {"stream_name": "d", "event": 3})["status"] is True
+    assert [e["body"] for e in all_events(server.port, "d")] in ([1, 3], [3])
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])

@@ -28,10 +28,11 @@ single write's two frames in 1.1 us instead of 8.6.
 
 The child ends when the server closes its end: when the server stops it, and
 when the server dies, once the batch in hand is done. If the child dies
-first, the batch it held and the jobs queued behind it are answered
-``unavailable`` (the batch may have been committed: a crash, and as after
-any crash, nothing unacknowledged is promised), so are writes until a new
-child has been started, a moment later.
+first, the batch it held may or may not have been committed: its jobs fail
+with :class:`~eventbus.errors.OutcomeUnknown` (their connections are closed
+unanswered, as a crash would close them). The jobs queued behind it, and
+writes until a new child has been started a moment later, are answered
+``unavailable``: nothing was changed.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python.failure import Failure
 
-from eventbus.errors import BusError
+from eventbus.errors import BusError, OutcomeUnknown
 from eventbus.records import WriteAnswer
 from eventbus.storage.writer import (
     Committed,
@@ -103,8 +104,8 @@ SPIN_SECONDS = 0.0006
 #: looked instead took the CPU the child and the clients needed (64 x 1
 #: x0.88).
 ANSWER_SPIN_SECONDS = 0.001
-#: The answer to the writes a child held when it died: it may have committed them.
-_ENDED = BusError("unavailable", "the writer stopped during this write; it may have been stored, retry")
+#: The outcome of the writes a child held when it died: it may have committed them.
+_ENDED = OutcomeUnknown("the writer process stopped during this write")
 
 
 def _frame(message: Any) -> bytes:
