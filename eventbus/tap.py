@@ -50,6 +50,9 @@ class Options(usage.Options):
     def _observability(self) -> None:
         if self["log-format"] not in ("text", "json"):
             _stop(f"--log-format {self['log-format']!r}: must be text or json")
+        chosen = self.parent is not None and (self.parent.get("logger") or self.parent.get("syslog"))
+        if self["log-format"] == "json" and chosen:
+            _stop("--log-format json: twistd's --logger or --syslog, also given, decides the format")
         from eventbus.logs import use_logs
 
         use_logs(self.parent, self["log-format"], self.bus_config.log_level)

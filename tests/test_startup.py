@@ -387,6 +387,19 @@ def test_the_configured_log_level_leaves_out_lower_levels(tmp_path: Path, log_fo
         assert levels == {"warn"}
 
 
+@pytest.mark.parametrize("twistd_option", ["--syslog", "--logger=twisted.logger.jsonFileLogObserver"])
+def test_json_logs_with_twistds_own_logger_is_refused(tmp_path: Path, twistd_option: str) -> None:
+    """twistd's --logger or --syslog decides the log's format: asked for
+    JSON too, start-up stops with one line rather than ignore either."""
+    database = f"sqlite:///{tmp_path / 'x.db'}"
+    argv = [TWISTD, "-n", "--pidfile=", twistd_option, "eventbus", "--listen", LOCAL, "--database", database]
+    result = subprocess.run([*argv, "--log-format", "json"], cwd=ROOT, capture_output=True, timeout=30)
+    stderr = result.stderr.decode()
+    assert result.returncode == 2
+    assert stderr.count("\n") == 1 and "--log-format json" in stderr, stderr
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_the_level_filter_keeps_events_that_carry_no_level() -> None:
     from twisted.logger import LogLevel, PredicateResult
 
