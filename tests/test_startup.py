@@ -355,19 +355,10 @@ def test_the_configured_log_level_leaves_out_lower_levels(tmp_path: Path, log_fo
         yaml.safe_dump({"logger": {"level": "warn"}, "auth": {**TEST_CLIENTS, "odd": odd}, "server": server})
     )
     log = tmp_path / "out.log"
+    argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", "eventbus", "--config", str(config)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "--logfile=-",
-                "eventbus",
-                "--config",
-                str(config),
-                "--log-format",
-                log_format,
-            ],
+            [*argv, "--log-format", log_format],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
