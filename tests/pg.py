@@ -13,6 +13,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -97,6 +98,10 @@ def terminate_connections(url: str, application_name: str | None = None) -> int:
     return int(row[0]) if row else 0
 
 
+#: A COMMIT as libpq sends it: a simple Query message.
+_COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+
+
 class TcpProxy:
     """A TCP forwarder to PostgreSQL that a test can cut and restore: an
     outage (every connection reset, new ones refused) without touching the
@@ -108,7 +113,17 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._cut_commit = threading.Event()
+        #: Connections cut by cut_after_next_commit.
+        self.commits_cut = 0
         self.up()
+
+    def cut_after_next_commit(self) -> None:
+        """The next COMMIT any connection sends reaches PostgreSQL, but its
+        answer never comes back: the connection is reset a moment later (a
+        network failure mid-commit, which the client cannot tell from one
+        before it)."""
+        self._cut_commit.set()
 
     def url_for(self, url: str) -> str:
         """``url`` (SQLAlchemy) going through this proxy."""
@@ -158,12 +173,25 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._sockets |= {client, server}
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            muted = threading.Event()  # the server's answers are dropped
+            threading.Thread(target=self._pump, args=(client, server, muted, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, muted, False), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, muted: threading.Event, upstream: bool) -> None:
         try:
             while data := src.recv(65536):
+                if not upstream and muted.is_set():
+                    continue
+                if upstream and self._cut_commit.is_set() and _COMMIT in data:
+                    self._cut_commit.clear()
+                    muted.set()
+                    dst.sendall(data)
+                    time.sleep(0.5)  # PostgreSQL commits; its answer is dropped
+                    self.commits_cut += 1
+                    for s in (src, dst):
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        s.shutdown(socket.SHUT_RDWR)
+                    return
                 dst.sendall(data)
         except OSError:
             pass

@@ -102,3 +102,43 @@ def test_outage_gives_unavailable_then_recovers_by_itself(
         answer = waiter.read()
     assert [e["id"] for e in answer["body"]["events"]] == [event["id"]]
     assert time.monotonic() - started < 10, "the poll ended by its timeout, not by the write"
+
+
+def test_a_write_whose_commit_answer_is_lost_is_not_answered_unavailable(
+    pg_admin: PgAdmin, tmp_path: Path, stream_name: str
+) -> None:
+    """The connection to PostgreSQL breaks after the COMMIT was sent: the
+    event may be stored (here it is), so ``unavailable`` (nothing was
+    changed) would be wrong. The client's connection is closed unanswered,
+    as a crash would close it; the node then writes again."""
+    with pg_admin.database("eventbus_commit_cut") as url:
+        upstream = make_url(url)
+        proxy = TcpProxy(upstream.host or "127.0.0.1", upstream.port or 5432)
+        # No housekeeping meanwhile: its commits would be the next ones.
+        node = ServerProcess(
+            tmp_path / "node", database=proxy.url_for(url), server={"housekeeping_interval_seconds": 3600}
+        ).start()
+        try:
+            with LineClient(node.port, timeout=30) as c:
+                c.call("create_stream", {"stream_name": stream_name})
+                c.call("write_event", {"stream_name": stream_name, "event": "before"})
+                proxy.cut_after_next_commit()
+                c.send(
+                    {
+                        "operation": "write_event",
+                        "auth": DEFAULT_AUTH,
+                        "body": {"stream_name": stream_name, "event": "cut"},
+                    }
+                )
+                assert c.is_closed(20) and c.buffer == b""
+            assert proxy.commits_cut == 1
+            with LineClient(node.port, timeout=30) as c:
+                after = {"stream_name": stream_name, "event": "after"}
+                _eventually(lambda: c.request("write_event", after)["status"] is True, 30, "writing again")
+                bodies = [
+                    e["body"] for e in c.call("get_stream_events", {"stream_name": stream_name})["events"]
+                ]
+            assert bodies == ["before", "cut", "after"]
+        finally:
+            node.stop()
+            proxy.close()

@@ -74,6 +74,19 @@ def test_answers_cross_as_plain_tuples_and_arrive_as_answers() -> None:
     assert isinstance(results[4], errors.BusError) and results[4].code == "unavailable"
 
 
+def test_a_commit_of_unknown_outcome_crosses_as_such() -> None:
+    """A batch whose commit may or may not have happened comes back as that
+    (its connections are then closed unanswered), not as ``unavailable``;
+    any other failure does come back as ``unavailable``."""
+    from twisted.python.failure import Failure
+
+    unknown = Failure(errors.OutcomeUnknown("the connection broke during the commit"))
+    crossed, _seconds = pickle.loads(_answer([unknown, Failure(ValueError("bug"))], 0.1)[4:])
+    arrived, other = _received(crossed)
+    assert isinstance(arrived, Failure) and arrived.check(errors.OutcomeUnknown)
+    assert isinstance(other, errors.BusError) and other.code == "unavailable"
+
+
 def test_only_module_level_functions_cross_by_name() -> None:
     """Jobs cross by their functions' names; a function the child could not
     find by its name is refused on the server's side, before it is sent."""

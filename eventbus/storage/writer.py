@@ -11,7 +11,10 @@ changed anything, so one job's refusal never disturbs the others in its
 batch. Consecutive jobs of a function that has a ``batched`` attribute are
 run together through it (one multi-row insert for many writers). If the
 batch fails in any other way the transaction is rolled back and each job is
-run again alone, so a fault is charged to the job that caused it.
+run again alone, so a fault is charged to the job that caused it. If the
+connection breaks during the commit, the batch may have been committed:
+its jobs fail with :class:`~eventbus.errors.OutcomeUnknown`, not
+``unavailable`` (which promises that nothing was changed).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from eventbus.errors import BusError
+from eventbus.errors import BusError, OutcomeUnknown
 
 
 class Job:
@@ -186,10 +189,18 @@ def run_batch(conn: sa.Connection, jobs: list[Job]) -> list[Any]:
         # process past the busy timeout, or failing): nothing ran, and
         # trying each job alone would only wait that long for each.
         return [_fault()] + [Failure(storage_unavailable()) for _ in jobs[1:]]
+    committing = False
     try:
         with txn:
-            return _run_jobs(conn, jobs)
+            results = _run_jobs(conn, jobs)
+            committing = True
+        return results
     except Exception as e:
+        if committing and _connection_lost(e):
+            # The commit was sent, and may have been made, before the
+            # connection broke: ``unavailable`` would promise it was not.
+            GroupCommitWriter.log.failure("the connection to the database broke during a commit")
+            return [Failure(OutcomeUnknown("the connection broke during the commit"))] * len(jobs)
         if len(jobs) == 1:
             return [_fault()]
         if _environmental(e):
@@ -218,6 +229,15 @@ _SQLITE_ENVIRONMENT = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
 #: PostgreSQL SQLSTATE classes of the same: connection, insufficient
 #: resources, operator intervention, system error.
 _PG_ENVIRONMENT = ("08", "53", "57", "58")
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """Did the connection to the database break (SQLAlchemy saw a
+    disconnect, or PostgreSQL's connection exception class)?"""
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    state = getattr(getattr(error, "orig", error), "sqlstate", None)
+    return isinstance(state, str) and state.startswith("08")
 
 
 def _environmental(error: BaseException) -> bool:

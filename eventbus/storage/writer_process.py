@@ -148,7 +148,12 @@ _write_answer = partial(tuple.__new__, WriteAnswer)
 
 def _received(results: list[Any]) -> list[Any]:
     """The results of a frame from the child as its jobs' callers take them."""
-    return [_write_answer(r) if type(r) is tuple else r for r in results]
+    return [_write_answer(r) if type(r) is tuple else _failure_of(r) for r in results]
+
+
+def _failure_of(result: Any) -> Any:
+    """An OutcomeUnknown crosses bare (a Failure does not pickle): a Failure again."""
+    return Failure(result) if type(result) is OutcomeUnknown else result
 
 
 class ProcessWriter:
@@ -448,6 +453,8 @@ def _sendable(result: Any) -> Any:
     if type(result) is WriteAnswer:
         return tuple(result)  # made a WriteAnswer again by _received
     if isinstance(result, Failure):
+        if result.check(OutcomeUnknown):
+            return result.value  # made a Failure again by _received
         return storage_unavailable()  # the failure is logged here; its refusal crosses
     if type(result) is tuple:
         # No write function returns a plain tuple (they return records,
