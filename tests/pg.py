@@ -105,7 +105,7 @@ _COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
 class TcpProxy:
     """A TCP forwarder to PostgreSQL that a test can cut and restore: an
     outage (every connection reset, new ones refused) without touching the
-    shared server."""
+    shared server; or one connection broken just after it sent a COMMIT."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)

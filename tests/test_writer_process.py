@@ -1,7 +1,8 @@
 """The SQLite writer process of a real server: it runs every write, big
-frames cross whole, it is replaced when it dies, and it never outlives the
-server (a graceful stop or kill -9). And, on a Clock, how the server's end
-waits for a lone write's answer.
+frames cross whole, it is replaced when it dies (the writes it held, of
+unknown outcome, left unanswered), and it never outlives the server (a
+graceful stop or kill -9). And, on a Clock, how the server's end waits for
+a lone write's answer.
 """
 
 from __future__ import annotations
