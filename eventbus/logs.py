@@ -39,10 +39,15 @@ _target: dict[str, Any] = {"logfile": "-", "nodaemon": True, "format": "text", "
 _SKIP = frozenset({"message", "format", "isError", "time", "system", "why", "failure"})
 
 
+def chosen_by_operator(twistd_options: Any) -> bool:
+    """Did the operator give twistd's ``--logger`` or ``--syslog``?"""
+    return bool(twistd_options.get("logger") or twistd_options.get("syslog"))
+
+
 def use_logs(twistd_options: Any, log_format: str, level: str) -> None:
     """Have twistd log through :func:`observer`, in ``log_format`` ("text"
     or "json"), from ``level`` up (call from the plugin's postOptions)."""
-    if twistd_options is None or twistd_options.get("logger") or twistd_options.get("syslog"):
+    if twistd_options is None or chosen_by_operator(twistd_options):
         return  # not under twistd, or the operator chose where logs go
     _target.update(
         logfile=twistd_options.get("logfile"),

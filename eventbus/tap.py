@@ -50,11 +50,10 @@ class Options(usage.Options):
     def _observability(self) -> None:
         if self["log-format"] not in ("text", "json"):
             _stop(f"--log-format {self['log-format']!r}: must be text or json")
-        chosen = self.parent is not None and (self.parent.get("logger") or self.parent.get("syslog"))
-        if self["log-format"] == "json" and chosen:
-            _stop("--log-format json: twistd's --logger or --syslog, also given, decides the format")
-        from eventbus.logs import use_logs
+        from eventbus.logs import chosen_by_operator, use_logs
 
+        if self["log-format"] == "json" and self.parent is not None and chosen_by_operator(self.parent):
+            _stop("--log-format json: twistd's --logger or --syslog, also given, decides the format")
         use_logs(self.parent, self["log-format"], self.bus_config.log_level)
         if self["admin"]:
             from eventbus.admin import admin_endpoint

@@ -226,9 +226,10 @@ def _fault() -> Failure:
 #: SQLite primary result codes of a database that is failing as a whole:
 #: BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
 _SQLITE_ENVIRONMENT = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
-#: PostgreSQL SQLSTATE classes of the same: connection, insufficient
-#: resources, operator intervention, system error.
-_PG_ENVIRONMENT = ("08", "53", "57", "58")
+#: PostgreSQL SQLSTATE classes of the same (besides a lost connection, class
+#: 08, see _connection_lost): insufficient resources, operator intervention,
+#: system error.
+_PG_ENVIRONMENT = ("53", "57", "58")
 
 
 def _connection_lost(error: BaseException) -> bool:
@@ -242,7 +243,7 @@ def _connection_lost(error: BaseException) -> bool:
 
 def _environmental(error: BaseException) -> bool:
     """Did the database fail, rather than one job's statements?"""
-    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+    if _connection_lost(error):
         return True
     # Wrapped by SQLAlchemy, or raised by the driver's own cursor.
     orig = getattr(error, "orig", error)
