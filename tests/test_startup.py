@@ -456,6 +456,11 @@ def test_daemon_starts_and_kill_stops_it_gracefully(daemon_dir: Path) -> None:
     with LineClient(port) as c:
         c.call("create_stream", {"stream_name": "daemonized"})
         event = c.call("write_event", {"stream_name": "daemonized", "event": {"kept": True}})["event"]
+    # SIGUSR1 starts a new log file, as twistd's own log does (rotation tools).
+    os.kill(pid, signal.SIGUSR1)
+    rotated = daemon_dir / "eventbus.log.1"
+    wait_for(lambda: rotated.exists(), "the log to be rotated")
+    assert _PORT.search(rotated.read_bytes())
     # Exactly as the README says.
     subprocess.run(["sh", "-c", f"kill $(cat {pidfile})"], check=True, timeout=10)
     wait_for(lambda: _gone(pid), "the daemon to exit")
